@@ -39,6 +39,10 @@ class CheckpointError(LlmtuneError, OSError):
 class TrainingInterrupted(LlmtuneError):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
 
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum
+
 
 class NumericalError(LlmtuneError, FloatingPointError):
     """The loss became NaN or infinite."""

@@ -1,0 +1,31 @@
+"""Arguments that choose the training stage and the finetuning method.
+
+Options that belong to one method (``lora_rank``, later ``badam_*``) live in that method's
+folder (``llmtune/methods/<name>/config.py``); this dataclass holds only what every method shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STAGES = ("sft",)
+# Stages LLaMA-Factory offers that llmtune does not (yet): named so the error can say so.
+FOREIGN_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
+
+
+@dataclass
+class FinetuningArguments:
+    """The training stage, the finetuning method, and what every method shares."""
+
+    stage: str = field(default="sft", metadata={"help": "Training stage. llmtune supports: sft."})
+    finetuning_type: str = field(
+        default="lora",
+        metadata={"help": "How to train: full, lora, block, sparse, zo, adazeta or loretta."},
+    )
+    plot_loss: bool = field(
+        default=False, metadata={"help": "Write training_loss.png (and eval_loss.png) into output_dir."}
+    )
+    stop_on_nan: bool = field(
+        default=True,
+        metadata={"help": "Stop the run when the loss becomes NaN or infinite, keeping the last good checkpoint."},
+    )

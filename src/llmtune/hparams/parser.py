@@ -1,0 +1,343 @@
+"""The one parser: YAML file + command-line overrides -> validated argument dataclasses.
+
+Option names come from the dataclasses alone (model, data, finetuning, each method's own options,
+and TRL's ``SFTConfig``); the CLI, the docs and the web UI derive from the same fields. Parsing
+never loads a model: every mistake a user can make in a config is reported here, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, suggest
+from llmtune.hparams.data_args import DataArguments
+from llmtune.hparams.finetuning_args import FOREIGN_STAGES, STAGES, FinetuningArguments
+from llmtune.hparams.model_args import ModelArguments
+
+# Keys whose values must never be written to disk or logs.
+SECRET_WORDS = ("api_key", "token", "secret", "password")
+
+
+@dataclass
+class RunArguments:
+    """Everything one ``llmtune train`` run was asked to do, validated."""
+
+    model: ModelArguments
+    data: DataArguments
+    finetuning: FinetuningArguments
+    training: Any  # llmtune.hparams.training_args.TrainingArguments (imported lazily: it pulls in TRL)
+    methods: dict[str, Any] = field(default_factory=dict)  # method name -> its options dataclass
+    given: dict[str, Any] = field(default_factory=dict)  # the keys the user set, after coercion
+
+    def public_config(self) -> dict[str, Any]:
+        """The keys the user set, with secrets removed: safe to save next to the outputs."""
+        return {k: v for k, v in self.given.items() if not is_secret(k)}
+
+
+def is_secret(key: str) -> bool:
+    return any(word in key.lower() for word in SECRET_WORDS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading what the user wrote
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader: plain data only, no ``!!python/object`` tags."""
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (or JSON) config file into a dict, refusing anything but plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        content = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader is a SafeLoader
+    except yaml.constructor.ConstructorError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark else "?"
+        raise ConfigError(
+            f"{path}:{line}: {err.problem}; llmtune reads plain YAML only (no Python object tags)"
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of key: value, got {type(content).__name__}")
+    bad = [k for k in content if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{path}: config keys must be names, got {bad[0]!r}")
+    return content
+
+
+def parse_cli_overrides(tokens: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Split ``[CONFIG.yaml] [--key value | --key=value | --flag | key=value ...]``.
+
+    Returns the config path (or None) and the overrides as strings (``True`` for a bare flag).
+    """
+    config_path = None
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.startswith("--"):
+            key, eq, value = token[2:].partition("=")
+            if not eq:
+                if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                    value, i = tokens[i + 1], i + 1
+                else:
+                    value = True
+            if not key:
+                raise ConfigError(f"argument {token!r}: expected --key value")
+            overrides[key.replace("-", "_")] = value
+        elif "=" in token:  # LLaMA-Factory's `key=value` form
+            key, _, value = token.partition("=")
+            overrides[key] = value
+        elif config_path is None:
+            config_path = token
+        else:
+            raise ConfigError(f"argument {token!r}: only one config file may be given (already have {config_path!r})")
+        i += 1
+    return config_path, overrides
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataclasses and their fields
+
+
+def argument_classes() -> list[type]:
+    """Every dataclass whose fields are config keys, in the order they are documented."""
+    from llmtune.hparams.training_args import TrainingArguments
+    from llmtune.methods import method_argument_classes
+
+    return [ModelArguments, DataArguments, FinetuningArguments, *method_argument_classes(), TrainingArguments]
+
+
+def _init_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning strings (from the CLI, or YAML's "1e-4") into the field's type
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_NULL = {"null", "none", "~", ""}
+
+
+def _members(hint: Any) -> list[Any]:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return [m for arg in typing.get_args(hint) for m in _members(arg)]
+    return [hint]
+
+
+def _accepts(members: list[Any], kind: type) -> bool:
+    """Whether the union ``members`` admits values of ``kind`` (bool is not taken for int)."""
+    for member in members:
+        base = typing.get_origin(member) or member
+        if base is kind:
+            return True
+        if isinstance(base, type) and kind not in (bool, int) and issubclass(base, kind):
+            return True
+    return False
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` to the type ``hint`` of field ``key``, or raise a one-line ConfigError."""
+    members = _members(hint)
+    nullable = type(None) in members
+    enum_types = [m for m in members if isinstance(m, type) and issubclass(m, Enum)]
+    wants_str = _accepts(members, str) or bool(enum_types) or hint is Any
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if nullable and low in _NULL:
+            return None
+        if _accepts(members, bool) and low in _TRUE | _FALSE:
+            return low in _TRUE
+        if _accepts(members, int):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if _accepts(members, float):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if (_accepts(members, dict) or _accepts(members, list)) and value.strip()[:1] in "[{":
+            try:
+                return coerce(key, yaml.safe_load(value), hint)
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: {value!r} is not valid YAML/JSON") from None
+        if _accepts(members, list) and not wants_str:
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if wants_str:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(members)}")
+    if value is None:
+        if nullable or hint is Any:
+            return None
+        raise ConfigError(f"{key}: a value is required ({_type_name(members)}), got null")
+    if isinstance(value, bool):
+        if _accepts(members, bool) or hint is Any:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(members)}")
+    if isinstance(value, int):
+        if _accepts(members, int) or _accepts(members, float) or hint is Any:
+            return float(value) if not _accepts(members, int) else value
+        if wants_str:
+            return str(value)
+    elif isinstance(value, float):
+        if _accepts(members, float) or hint is Any:
+            return value
+        if _accepts(members, int) and value.is_integer():
+            return int(value)
+        if wants_str:
+            return str(value)
+    elif isinstance(value, dict | list):
+        kind = dict if isinstance(value, dict) else list
+        if _accepts(members, kind) or hint is Any:
+            return value
+    raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(members)}")
+
+
+def _type_name(members: list[Any]) -> str:
+    names = []
+    for member in members:
+        if member is type(None):
+            continue
+        base = typing.get_origin(member) or member
+        names.append(getattr(base, "__name__", str(base)))
+    return " or ".join(dict.fromkeys(names)) or "value"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and validating the dataclasses
+
+
+def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArguments:
+    """Validate a merged ``{key: value}`` config and build the argument dataclasses.
+
+    Raises a one-line :class:`~llmtune.errors.LlmtuneError` for any unknown key, bad value or
+    unsupported combination. Loads no model, tokenizer or dataset.
+    """
+    classes = argument_classes()
+    hints = {cls: typing.get_type_hints(cls) for cls in classes}
+    owners: dict[str, list[type]] = {}
+    for cls in classes:
+        for f in _init_fields(cls):
+            owners.setdefault(f.name, []).append(cls)
+
+    unknown = [k for k in config if k not in owners]
+    if unknown:
+        key = unknown[0]
+        more = f" (and {len(unknown) - 1} more unknown keys)" if len(unknown) > 1 else ""
+        raise ConfigError(f"unknown config key {key!r}{suggest(key, owners)}{more}; see `llmtune train --help`")
+
+    given = {key: coerce(key, value, hints[owners[key][0]][key]) for key, value in config.items()}
+    _check_precision(given)
+
+    built: dict[type, Any] = {}
+    for cls in classes:
+        kwargs = {k: v for k, v in given.items() if cls in owners[k]}
+        if cls.__name__ == "TrainingArguments" and "output_dir" not in kwargs:
+            kwargs["output_dir"] = "saves/llmtune"
+        built[cls] = _construct(cls, kwargs)
+
+    from llmtune.methods import METHODS
+
+    methods = {name: built[m.arguments] for name, m in METHODS.items() if m.arguments is not None}
+    args = RunArguments(
+        model=built[ModelArguments],
+        data=built[DataArguments],
+        finetuning=built[FinetuningArguments],
+        training=built[classes[-1]],
+        methods=methods,
+        given=given,
+    )
+    validate(args, for_training=for_training)
+    return args
+
+
+def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
+    try:
+        return cls(**kwargs)
+    except LlmtuneError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
+        # A library's own validation (e.g. TrainingArguments.__post_init__): keep its first line.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"invalid training arguments: {first}") from None
+
+
+def _check_precision(given: dict[str, Any]) -> None:
+    if given.get("bf16") or given.get("fp16"):
+        from llmtune.model import check_precision
+
+        check_precision(bool(given.get("bf16")), bool(given.get("fp16")))
+
+
+def _positive(name: str, value: float | int | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}: {value} must be {bound}")
+
+
+def validate(args: RunArguments, *, for_training: bool = True) -> None:
+    """Cross-field checks that need no model: stage, method, ranges, template, required keys."""
+    from llmtune.data import TEMPLATES
+    from llmtune.errors import one_of
+    from llmtune.methods import get_method
+    from llmtune.model import check_model_args
+
+    ft, data, train = args.finetuning, args.data, args.training
+    if ft.stage not in STAGES:
+        if ft.stage in FOREIGN_STAGES:
+            raise ConfigError(f"stage: {ft.stage!r} is a LLaMA-Factory stage llmtune does not support; use: sft")
+        raise one_of("stage", ft.stage, STAGES)
+    get_method(ft.finetuning_type)
+    if data.template not in TEMPLATES:
+        raise one_of("template", data.template, TEMPLATES)
+    _positive("learning_rate", train.learning_rate)
+    _positive("per_device_train_batch_size", train.per_device_train_batch_size)
+    _positive("gradient_accumulation_steps", train.gradient_accumulation_steps)
+    _positive("cutoff_len", data.cutoff_len)
+    _positive("val_size", data.val_size, allow_zero=True)
+    _positive("max_samples", data.max_samples)
+    _positive("logging_steps", train.logging_steps)
+    _positive("save_steps", train.save_steps)
+    _positive("weight_decay", train.weight_decay, allow_zero=True)
+    if train.max_steps is not None and train.max_steps <= 0:
+        _positive("num_train_epochs", train.num_train_epochs)
+    if for_training:
+        if not args.model.model_name_or_path:
+            raise ConfigError("model_name_or_path: required (a hub id, a local folder, or llmtune/tiny-llama)")
+        if not data.dataset:
+            raise ConfigError("dataset: required (names from dataset_info.json, comma-separated)")
+    check_model_args(args.model)
+
+
+def load_run_arguments(tokens: list[str], *, for_training: bool = True) -> RunArguments:
+    """``llmtune train`` argv (after the subcommand) -> validated :class:`RunArguments`."""
+    config_path, overrides = parse_cli_overrides(tokens)
+    config = read_config_file(config_path) if config_path else {}
+    config.update(overrides)  # flags override the file
+    return parse_args(config, for_training=for_training)

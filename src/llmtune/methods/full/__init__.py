@@ -1,0 +1,1 @@
+"""``finetuning_type: full``: every weight is trained."""

@@ -1,0 +1,1 @@
+"""``finetuning_type: lora``: PEFT LoRA adapters."""

@@ -1,0 +1,84 @@
+"""The one registry that maps ``finetuning_type`` to what the method adds.
+
+A method is a folder ``llmtune/methods/<name>/`` with (optionally) a ``config.py`` dataclass of its
+own options, a ``prepare`` function that readies the model (adapters, frozen parts) and a trainer
+class (a subclass of :class:`llmtune.train.trainer.LlmtuneTrainer`). The registry stores the
+trainer and ``prepare`` as import paths so that parsing a config never imports torch-heavy code.
+Adding a method is one folder and one ``register`` call; nothing else branches on its name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from llmtune.errors import NotImplementedYetError, one_of
+
+
+@dataclass(frozen=True)
+class Method:
+    """One ``finetuning_type``.
+
+    Attributes:
+        name: the ``finetuning_type`` value.
+        summary: one line for the README table and ``llmtune train --help``.
+        arguments: the dataclass of this method's own options, or None.
+        prepare: ``"module:function"`` taking ``(model, args)`` and returning the model to train;
+            None while the method is not implemented yet.
+        trainer: ``"module:Class"`` of the trainer; defaults to ``LlmtuneTrainer``.
+        issue: the tracker issue that delivers the method while it is not implemented.
+    """
+
+    name: str
+    summary: str
+    arguments: type | None = None
+    prepare: str | None = None
+    trainer: str = "llmtune.train.trainer:LlmtuneTrainer"
+    issue: int | None = None
+
+    @property
+    def implemented(self) -> bool:
+        return self.prepare is not None
+
+    def prepare_fn(self) -> Callable[..., Any]:
+        return _import(self.prepare)
+
+    def trainer_class(self) -> type:
+        return _import(self.trainer)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry (once per name)."""
+    if method.name in METHODS:
+        raise RuntimeError(f"finetuning_type {method.name!r} is registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The method for ``finetuning_type: name``; a one-line error for unknown or planned ones."""
+    if name not in METHODS:
+        raise one_of("finetuning_type", name, METHODS)
+    method = METHODS[name]
+    if not method.implemented:
+        available = ", ".join(n for n, m in METHODS.items() if m.implemented)
+        raise NotImplementedYetError(
+            f"finetuning_type: {name!r} ({method.summary}) is not implemented yet (issue #{method.issue}); "
+            f"available now: {available}"
+        )
+    return method
+
+
+def method_argument_classes() -> list[type]:
+    """The option dataclasses of every registered method, in registration order."""
+    return [m.arguments for m in METHODS.values() if m.arguments is not None]
+
+
+def _import(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)

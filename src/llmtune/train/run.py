@@ -1,0 +1,161 @@
+"""The one training path every finetuning type follows.
+
+arguments (validated) -> output_dir checked -> datasets checked -> tokenizer -> tokenised data
+-> model -> the method prepares it -> trainer -> train -> verified save -> log, plot.
+
+Everything a user can get wrong is found before the model's weights load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmtune.errors import ConfigError, NumericalError, TrainingInterrupted
+from llmtune.hparams.parser import RunArguments
+from llmtune.train import checkpoint as ckpt
+
+logger = logging.getLogger("llmtune")
+
+CONFIG_FILE = "training_args.yaml"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    output_dir: Path
+    metrics: dict[str, Any]
+    log_history: list[dict[str, Any]]
+    model: Any = None  # the trained model (a PeftModel for adapter methods)
+
+
+def resolve_resume(args: RunArguments) -> str | None:
+    """``resume_from_checkpoint``: a path, or true for the newest complete checkpoint in output_dir."""
+    value = args.training.resume_from_checkpoint
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("false", "no", "")):
+        return None
+    out = Path(args.training.output_dir)
+    if value is True or str(value).strip().lower() in ("true", "yes", "latest"):
+        latest = ckpt.latest_complete_checkpoint(out)
+        if latest is None:
+            raise ConfigError(f"resume_from_checkpoint: no complete checkpoint in {out} to resume from")
+        return str(latest)
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"resume_from_checkpoint: {value!r} is not a folder")
+    if not ckpt.is_complete(path):
+        raise ConfigError(f"resume_from_checkpoint: {value!r} is incomplete (no valid {ckpt.COMPLETE_MARKER})")
+    return str(path)
+
+
+def check_output_dir(args: RunArguments, resume: str | None) -> None:
+    """Refuse a non-empty output_dir unless the user asked to resume or to overwrite it."""
+    out = Path(args.training.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {str(out)!r} is a file, not a folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries or resume is not None or args.training.overwrite_output_dir:
+        return
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise ConfigError(
+        f"output_dir: {str(out)!r} is not empty ({len(entries)} entries: {shown}); set overwrite_output_dir: true "
+        "to replace it, resume_from_checkpoint: true to continue it, or choose another output_dir"
+    )
+
+
+def prepare_output_dir(args: RunArguments, resume: str | None) -> Path:
+    """Create output_dir; with overwrite_output_dir (and no resume) empty it first, saying so."""
+    out = Path(args.training.output_dir)
+    if resume is None and args.training.overwrite_output_dir and out.is_dir() and any(out.iterdir()):
+        logger.warning("overwrite_output_dir: emptying %s", out)
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_config(out: Path, args: RunArguments) -> None:
+    """Write the keys the user set (no secrets) as ``training_args.yaml``, to rerun the same job."""
+    with (out / CONFIG_FILE).open("w", encoding="utf-8") as handle:
+        yaml.safe_dump(args.public_config(), handle, sort_keys=False, allow_unicode=True)
+
+
+def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
+    """Train with ``args`` and save the result into ``output_dir``. See the module docstring."""
+    from llmtune.data import check_datasets, get_dataset
+    from llmtune.methods import get_method
+    from llmtune.model import count_parameters, load_model, load_tokenizer
+    from llmtune.train.callbacks import GracefulStop, JsonlLogCallback
+    from llmtune.train.plot import plot_loss
+
+    method = get_method(args.finetuning.finetuning_type)
+    resume = resolve_resume(args)
+    check_output_dir(args, resume)
+    report = check_datasets(args.data)  # every row checked before any model loads
+    logger.info("data: %s", report.summary())
+
+    tokenizer = load_tokenizer(args.model)
+    prepared = get_dataset(args.data, tokenizer, seed=args.training.seed)
+    logger.info("tokenised: %s", prepared.report.summary())
+    out = prepare_output_dir(args, resume)
+    save_config(out, args)
+
+    model = load_model(args.model)
+    model = method.prepare_fn()(model, args)
+    trainable, total = count_parameters(model)
+    logger.info(
+        "finetuning_type=%s: %s of %s parameters trainable (%.4f%%)",
+        method.name, f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1),
+    )
+
+    args.training.max_length = args.data.cutoff_len  # already truncated; keeps TRL from re-cutting
+    stop = GracefulStop()
+    trainer = method.trainer_class()(
+        model=model,
+        args=args.training,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(out), stop, *(callbacks or [])],
+        finetuning_type=method.name,
+        stop_on_nan=args.finetuning.stop_on_nan,
+    )
+    with stop.installed():
+        result = trainer.train(resume_from_checkpoint=resume)
+
+    if trainer.nonfinite_loss is not None:
+        step, loss = trainer.nonfinite_loss
+        last = ckpt.latest_complete_checkpoint(out, warn=False)
+        keep = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        raise NumericalError(
+            f"the loss became {loss} at step {step}; training stopped and {keep}. Lower learning_rate, "
+            "set max_grad_norm, or use bf16 instead of fp16"
+        )
+    finished = trainer.state.global_step >= trainer.state.max_steps
+    if stop.signum is not None and not finished:
+        last = ckpt.latest_complete_checkpoint(out, warn=False)
+        raise TrainingInterrupted(
+            f"stopped by {signal.Signals(stop.signum).name} after step {stop.stopped_at}; checkpoint saved in {last}. "
+            f"Resume with: llmtune train {out / CONFIG_FILE} --resume_from_checkpoint true",
+            stop.signum,
+        )
+
+    trainer.save_final_model()
+    metrics = dict(result.metrics)
+    if prepared.eval is not None:
+        metrics.update(trainer.evaluate())
+    if trainer.args.should_save:
+        trainer.save_state()
+        (out / "all_results.json").write_text(json.dumps(metrics, indent=2))
+        if args.finetuning.plot_loss:
+            for path in plot_loss(out):
+                logger.info("wrote %s", path)
+    return TrainResult(out, metrics, list(trainer.state.log_history), trainer.model)

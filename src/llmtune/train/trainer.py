@@ -1,0 +1,117 @@
+"""``LlmtuneTrainer``: TRL's ``SFTTrainer`` with saves you can trust and a loss you can trust.
+
+It overrides three hooks and nothing else:
+
+* ``_save_checkpoint`` writes each ``checkpoint-N`` into a staging folder, verifies the weights,
+  marks it complete and renames it into place (see :mod:`llmtune.train.checkpoint`);
+* ``save_model`` verifies every weight file it writes;
+* ``training_step`` stops the run on a NaN/inf loss before the bad gradient reaches the weights.
+
+Method trainers (BAdam, ZO, ...) subclass this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from trl import SFTTrainer
+
+from llmtune.train import checkpoint as ckpt
+
+logger = logging.getLogger("llmtune")
+
+
+class LlmtuneTrainer(SFTTrainer):
+    """SFTTrainer with atomic, verified checkpoints and a non-finite-loss guard."""
+
+    def __init__(self, *args, finetuning_type: str = "full", stop_on_nan: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.finetuning_type = finetuning_type
+        self.stop_on_nan = stop_on_nan
+        self.nonfinite_loss: tuple[int, float] | None = None  # (step, loss) of the first NaN/inf loss
+        self._staging_dir: str | None = None
+
+    # -- numerical health ------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.stop_on_nan and not torch.isfinite(loss).all():
+            # Drop this step's gradients so the optimizer leaves the weights as they were.
+            model.zero_grad(set_to_none=True)
+            if self.nonfinite_loss is None:
+                self.nonfinite_loss = (self.state.global_step + 1, float(loss.detach().float().mean()))
+            self.control.should_training_stop = True
+        return loss
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is being written, Trainer writes into the staging folder.
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        if self.nonfinite_loss is not None:
+            return  # never save the step that produced a NaN/inf loss
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        staging = ckpt.staging_root(run_dir)
+        final = run_dir / name
+        previous = ckpt.latest_complete_checkpoint(run_dir, warn=False) if self.args.should_save else None
+        if self.args.should_save:
+            shutil.rmtree(staging / name, ignore_errors=True)
+            staging.mkdir(parents=True, exist_ok=True)
+        _barrier()
+        self._staging_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as err:
+            shutil.rmtree(staging / name, ignore_errors=True)
+            raise ckpt.describe_save_error(err, final, previous) from err
+        finally:
+            self._staging_dir = None
+        _barrier()
+        if self.args.should_save:
+            ckpt.write_marker(
+                staging / name, step=self.state.global_step, finetuning_type=self.finetuning_type
+            )
+            ckpt.publish(staging / name, final)
+            for path in ckpt.rotate_checkpoints(run_dir, self.args.save_total_limit):
+                logger.info("deleted %s (save_total_limit=%s)", path, self.args.save_total_limit)
+        _barrier()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (or adapter), then check every weight file before calling it saved."""
+        output_dir = output_dir or self.args.output_dir
+        super().save_model(output_dir, _internal_call=_internal_call)
+        _barrier()
+        if self.args.should_save:
+            count = ckpt.verify_saved_weights(Path(output_dir), self.model)
+            logger.debug("verified %d tensors in %s", count, output_dir)
+
+    def save_final_model(self) -> Path:
+        """Save the trained model (or adapter) into ``output_dir`` atomically and verified."""
+        out = Path(self.args.output_dir)
+        staged = ckpt.staging_root(out) / "final"
+        if self.args.should_save:
+            shutil.rmtree(staged, ignore_errors=True)
+        try:
+            self.save_model(str(staged))
+        except OSError as err:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise ckpt.describe_save_error(err, out, ckpt.latest_complete_checkpoint(out, warn=False)) from err
+        if self.args.should_save:
+            ckpt.write_marker(staged, step=self.state.global_step, finetuning_type=self.finetuning_type)
+            ckpt.publish_into(staged, out)
+            shutil.rmtree(ckpt.staging_root(out), ignore_errors=True)
+        _barrier()
+        return out
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.barrier()
