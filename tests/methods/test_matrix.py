@@ -40,14 +40,15 @@ def probe_batch():
 
 @pytest.mark.parametrize("finetuning_type", METHODS)
 def test_loss_falls_and_only_intended_parameters_change(tmp_path, make_config, finetuning_type):
-    config = make_config(tmp_path / "out", finetuning_type)
+    config = make_config(tmp_path / "out", finetuning_type, max_steps=40)
     args = parse_args(config)
     before = {k: v.clone() for k, v in load_model(args.model).state_dict().items()}
     result = train(config)
 
     curve = losses(result)
-    assert len(curve) >= 15
-    assert sum(curve[-3:]) / 3 < 0.7 * curve[0], f"loss did not fall enough: {curve[0]:.3f} -> {curve[-3:]}"
+    assert len(curve) == 40
+    final = sum(curve[-5:]) / 5  # single-batch losses are noisy: average the last five
+    assert final < 0.7 * curve[0], f"loss did not fall enough: {curve[0]:.3f} -> {final:.3f}"
 
     model = result.model
     if finetuning_type == "full":

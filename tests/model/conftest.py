@@ -23,7 +23,7 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(built_home: Path) -> Path:
     """The folder of the session's tiny-model build."""
-    return built_home / "models" / "tiny-llama-v1"
+    return built_home / "models" / "tiny-llama-v2"
 
 
 @pytest.fixture

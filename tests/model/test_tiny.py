@@ -51,7 +51,7 @@ def test_build_is_a_small_untied_llama(tiny_dir: Path, model, tokenizer) -> None
 
 def test_second_call_uses_the_cache(empty_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = ensure_tiny_model()
-    assert first == empty_home / "models" / "tiny-llama-v1"
+    assert first == empty_home / "models" / "tiny-llama-v2"
 
     def must_not_build(folder: Path) -> None:
         raise AssertionError("rebuilt although the cache was complete")

@@ -12,8 +12,13 @@ to the next prompt, and a response with no special token gets the eos id appende
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llmtune.data.template import BUILTIN_TEMPLATES, Pairs, Template
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 from llmtune.errors import ConfigError
 
 _PROBE = {
@@ -31,7 +36,9 @@ _PROBE = {
 class AutoTemplate(Template):
     """A template that defers to ``tokenizer.chat_template`` (``template: auto``)."""
 
-    def render(self, example: dict, default_system: str | None = None, tokenizer=None) -> list[tuple[str, str]]:
+    def render(
+        self, example: dict, default_system: str | None = None, tokenizer: PreTrainedTokenizerBase | None = None
+    ) -> list[tuple[str, str]]:
         """Text ``(prompt, response)`` per turn, cut from incremental chat-template renderings."""
         if tokenizer is None:
             raise TypeError("template 'auto' renders with a tokenizer; pass tokenizer=")
@@ -55,7 +62,7 @@ class AutoTemplate(Template):
             done, carry = full_text, after
         return pairs
 
-    def encode(self, tokenizer, example: dict, default_system: str | None = None) -> Pairs:
+    def encode(self, tokenizer: PreTrainedTokenizerBase, example: dict, default_system: str | None = None) -> Pairs:
         """Token ids per turn; a response that does not end with a special token gets eos appended."""
         special_ids = set(tokenizer.all_special_ids)
         pairs = []
@@ -66,11 +73,11 @@ class AutoTemplate(Template):
             pairs.append((tokenizer.encode(prompt, add_special_tokens=False), response_ids))
         return pairs
 
-    def missing_tokens(self, tokenizer) -> list[str]:
+    def missing_tokens(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         """``["chat_template"]`` when the tokenizer has none, else nothing."""
         return [] if getattr(tokenizer, "chat_template", None) else ["chat_template"]
 
-    def check_tokenizer(self, tokenizer) -> None:
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """The tokenizer must have a chat template that renders a sample conversation incrementally."""
         if self.missing_tokens(tokenizer):
             raise ConfigError(
@@ -80,7 +87,7 @@ class AutoTemplate(Template):
         self.render(_PROBE, tokenizer=tokenizer)
 
     @staticmethod
-    def _apply(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    def _apply(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool) -> str:
         try:
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         except Exception as error:  # jinja raises TemplateError and friends from inside the template

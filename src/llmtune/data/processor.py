@@ -22,6 +22,7 @@ from llmtune.errors import DataError
 
 if TYPE_CHECKING:
     import datasets
+    from transformers import PreTrainedTokenizerBase
 
     from llmtune.hparams.data_args import DataArguments
 
@@ -37,7 +38,7 @@ class PreparedData:
     report: DataReport
 
 
-def get_dataset(data_args: DataArguments, tokenizer, seed: int = 42) -> PreparedData:
+def get_dataset(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int = 42) -> PreparedData:
     """Load, check and tokenise the configured datasets; split off ``val_size`` rows with ``seed``.
 
     Raises what ``check_datasets`` raises, ``ConfigError`` when the template does not fit the
@@ -84,7 +85,7 @@ def build_example(pairs: Pairs, train_on_prompt: bool = False, mask_history: boo
 def _tokenize_all(
     conversations: list[Conversation],
     template: Template,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     data_args: DataArguments,
     report: DataReport,
     split: str,

@@ -206,7 +206,7 @@ def _text(value: dict, column: str | None) -> str:
 
 def _describe(value: object) -> str:
     """``a number (42)``, ``a list``, ... for messages about wrong types."""
-    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
     name = names.get(type(value), "null" if value is None else f"a {type(value).__name__}")
     if isinstance(value, bool | int | float):
         return f"{name} ({value!r})"

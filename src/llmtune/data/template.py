@@ -12,6 +12,10 @@ token and always trained on, whatever the pad token is. ``auto`` uses the tokeni
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 from llmtune.errors import ConfigError, one_of
 
@@ -41,7 +45,9 @@ class Template:
     system_in_user: bool = False
     special_tokens: tuple[str, ...] = ()
 
-    def render(self, example: dict, default_system: str | None = None, tokenizer=None) -> list[tuple[str, str]]:
+    def render(
+        self, example: dict, default_system: str | None = None, tokenizer: PreTrainedTokenizerBase | None = None
+    ) -> list[tuple[str, str]]:
         """Text ``(prompt, response)`` per turn, without the bos and end-of-turn tokens.
 
         ``example`` is a unified conversation (``{"system", "messages"}``); ``default_system``
@@ -60,7 +66,7 @@ class Template:
             pairs.append((prompt, _fill(self.assistant, assistant)))
         return pairs
 
-    def encode(self, tokenizer, example: dict, default_system: str | None = None) -> Pairs:
+    def encode(self, tokenizer: PreTrainedTokenizerBase, example: dict, default_system: str | None = None) -> Pairs:
         """Token ids ``(prompt_ids, response_ids)`` per turn; every response ends with the end-of-turn id.
 
         Segments are encoded with ``add_special_tokens=False`` and meant to be concatenated.
@@ -75,7 +81,7 @@ class Template:
             pairs.append((prompt_ids, [*tokenizer.encode(response, add_special_tokens=False), eot_id]))
         return pairs
 
-    def eot_id(self, tokenizer) -> int:
+    def eot_id(self, tokenizer: PreTrainedTokenizerBase) -> int:
         """The id of the end-of-turn token: ``eot_token`` or the tokenizer's eos."""
         if self.eot_token is None:
             if tokenizer.eos_token_id is None:
@@ -86,15 +92,15 @@ class Template:
             return tokenizer.eos_token_id
         return tokenizer.convert_tokens_to_ids(self.eot_token)
 
-    def missing_tokens(self, tokenizer) -> list[str]:
+    def missing_tokens(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         """Tokens this template needs that the tokenizer does not encode as one token."""
-        needed = [*self.special_tokens, *([self.eot_token] if self.eot_token else [])]
+        needed = [*([self.eot_token] if self.eot_token else []), *self.special_tokens]
         missing = [token for token in dict.fromkeys(needed) if not _is_single_token(tokenizer, token)]
         if self.eot_token is None and tokenizer.eos_token_id is None:
             missing.append("eos_token")
         return missing
 
-    def check_tokenizer(self, tokenizer) -> None:
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Raise ``ConfigError`` when the tokenizer lacks a token the template needs."""
         missing = self.missing_tokens(tokenizer)
         if missing:
@@ -116,7 +122,7 @@ def _turns(example: dict) -> list[tuple[str, str]]:
     return [(messages[i]["content"], messages[i + 1]["content"]) for i in range(0, len(messages) - 1, 2)]
 
 
-def _is_single_token(tokenizer, token: str) -> bool:
+def _is_single_token(tokenizer: PreTrainedTokenizerBase, token: str) -> bool:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
         return False
@@ -191,7 +197,7 @@ def _all_templates() -> dict[str, Template]:
 TEMPLATES: dict[str, Template] = _all_templates()
 
 
-def get_template(name: str, tokenizer) -> Template:
+def get_template(name: str, tokenizer: PreTrainedTokenizerBase) -> Template:
     """The template called ``name``, checked against ``tokenizer``.
 
     Raises ``ConfigError`` for an unknown name (with a suggestion), or when the tokenizer lacks

@@ -17,13 +17,14 @@ from typing import Any
 
 import yaml
 
-from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, suggest
+from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, NotImplementedYetError, suggest
 from llmtune.hparams.data_args import DataArguments
 from llmtune.hparams.finetuning_args import FOREIGN_STAGES, STAGES, FinetuningArguments
 from llmtune.hparams.model_args import ModelArguments
 
-# Keys whose values must never be written to disk or logs.
-SECRET_WORDS = ("api_key", "token", "secret", "password")
+# Keys whose values must never be written to disk or logs (hub_token, judge_api_key, ...).
+SECRET_WORDS = ("api_key", "secret", "password")
+SECRET_SUFFIXES = ("hub_token", "auth_token", "access_token", "api_token")
 
 
 @dataclass
@@ -43,7 +44,9 @@ class RunArguments:
 
 
 def is_secret(key: str) -> bool:
-    return any(word in key.lower() for word in SECRET_WORDS)
+    """Whether a config key holds a credential (never saved, logged or pickled)."""
+    key = key.lower()
+    return any(word in key for word in SECRET_WORDS) or key.endswith(SECRET_SUFFIXES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def _init_fields(cls: type) -> list[dataclasses.Field]:
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-_NULL = {"null", "none", "~", ""}
+_NULL = {"null", "~", ""}
 
 
 def _members(hint: Any) -> list[Any]:
@@ -166,7 +169,7 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     wants_str = _accepts(members, str) or bool(enum_types) or hint is Any
     if isinstance(value, str):
         low = value.strip().lower()
-        if nullable and low in _NULL:
+        if nullable and (low in _NULL or (low == "none" and not wants_str)):
             return None
         if _accepts(members, bool) and low in _TRUE | _FALSE:
             return low in _TRUE
@@ -256,8 +259,11 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
     built: dict[type, Any] = {}
     for cls in classes:
         kwargs = {k: v for k, v in given.items() if cls in owners[k]}
-        if cls.__name__ == "TrainingArguments" and "output_dir" not in kwargs:
-            kwargs["output_dir"] = "saves/llmtune"
+        if cls is classes[-1]:  # TrainingArguments
+            kwargs.setdefault("output_dir", "saves/llmtune")
+            if kwargs.get("bf16") and not _has_cuda():  # allowed on CPU only by LLMTUNE_ALLOW_CPU_BF16
+                kwargs.setdefault("use_cpu", True)
+            kwargs.setdefault("dataloader_pin_memory", _has_cuda())  # pinning without a GPU only warns
         built[cls] = _construct(cls, kwargs)
 
     from llmtune.methods import METHODS
@@ -293,6 +299,12 @@ def _check_precision(given: dict[str, Any]) -> None:
         check_precision(bool(given.get("bf16")), bool(given.get("fp16")))
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _positive(name: str, value: float | int | None, *, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -325,6 +337,11 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
     _positive("logging_steps", train.logging_steps)
     _positive("save_steps", train.save_steps)
     _positive("weight_decay", train.weight_decay, allow_zero=True)
+    if train.packing:
+        raise NotImplementedYetError(
+            "packing: true is not supported yet (issue #15: packing must keep the loss on responses only and "
+            "stop attention across examples); set packing: false"
+        )
     if train.max_steps is not None and train.max_steps <= 0:
         _positive("num_train_epochs", train.num_train_epochs)
     if for_training:

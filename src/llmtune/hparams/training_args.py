@@ -34,6 +34,11 @@ class TrainingArguments(SFTConfig):
         metadata={"help": "Fraction of the training steps spent warming the learning rate up (LLaMA-Factory's "
                   "name; transformers 5 spells it warmup_steps < 1)."},
     )
+    resume_from_checkpoint: str | bool | None = field(
+        default=None,
+        metadata={"help": "A checkpoint folder to continue from, or true for the newest complete checkpoint "
+                  "in output_dir (incomplete ones are skipped)."},
+    )
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Where to report metrics: none, tensorboard, wandb, ..."}
     )
@@ -50,3 +55,13 @@ class TrainingArguments(SFTConfig):
                 raise ConfigError("warmup_ratio and warmup_steps are both set; keep one")
             self.warmup_steps = self.warmup_ratio
         super().__post_init__()
+
+    def __getstate__(self):
+        # Trainer pickles these arguments into every checkpoint (training_args.bin): keep secrets out.
+        from llmtune.hparams.parser import is_secret
+
+        state = self.__dict__.copy()
+        for key, value in state.items():
+            if value and isinstance(value, str) and is_secret(key):
+                state[key] = "<redacted>"
+        return state

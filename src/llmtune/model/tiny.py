@@ -2,7 +2,7 @@
 
 Nothing is downloaded. On first use a ``LlamaForCausalLM`` with random weights (fixed seed)
 and a byte-level BPE tokenizer trained on the demo datasets are saved, with
-``save_pretrained`` (safetensors), under ``$LLMTUNE_HOME/models/tiny-llama-v1``
+``save_pretrained`` (safetensors), under ``$LLMTUNE_HOME/models/tiny-llama-v2``
 (``LLMTUNE_HOME`` defaults to ``~/.cache/llmtune``). Every build gives the same files.
 
 Shape: hidden 64, 2 layers, 4 attention heads sharing 2 key/value heads (grouped-query
@@ -31,7 +31,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 from llmtune.data.demo import demo_texts
 
 TINY_MODEL_NAME = "llmtune/tiny-llama"
-TINY_MODEL_VERSION = "tiny-llama-v1"  # bump when the recipe below changes, so old caches are not reused
+TINY_MODEL_VERSION = "tiny-llama-v2"  # bump when the recipe below changes, so old caches are not reused
 TINY_SEED = 0
 TINY_VOCAB_SIZE = 1000
 BUILD_MARKER = "llmtune_build.json"  # written last: a folder without it is an unfinished build
@@ -187,7 +187,7 @@ def build_tiny_llama(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
         num_key_value_heads=2,
         max_position_embeddings=512,
         rms_norm_eps=1e-6,
-        initializer_range=0.02,
+        initializer_range=0.1,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -116,7 +116,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
         method.name, f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1),
     )
 
-    args.training.max_length = args.data.cutoff_len  # already truncated; keeps TRL from re-cutting
+    args.training.max_length = None  # rows are already cut to cutoff_len (and counted): TRL must not re-cut
     stop = GracefulStop()
     trainer = method.trainer_class()(
         model=model,
