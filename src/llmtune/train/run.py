@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from llmtune.errors import ConfigError, NumericalError, TrainingInterrupted
@@ -94,6 +95,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     from llmtune.methods import get_method
     from llmtune.model import count_parameters, load_model, load_tokenizer
     from llmtune.train.callbacks import GracefulStop, JsonlLogCallback
+    from llmtune.train.memory import out_of_memory_error
     from llmtune.train.plot import plot_loss
 
     method = get_method(args.finetuning.finetuning_type)
@@ -129,7 +131,10 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
         stop_on_nan=args.finetuning.stop_on_nan,
     )
     with stop.installed():
-        result = trainer.train(resume_from_checkpoint=resume)
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+        except torch.OutOfMemoryError as err:
+            raise out_of_memory_error(trainer.model, method.name, err) from err
 
     if trainer.nonfinite_loss is not None:
         step, loss = trainer.nonfinite_loss

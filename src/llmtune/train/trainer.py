@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from llmtune.train import checkpoint as ckpt
@@ -35,6 +36,7 @@ class LlmtuneTrainer(SFTTrainer):
         self.stop_on_nan = stop_on_nan
         self.nonfinite_loss: tuple[int, float] | None = None  # (step, loss) of the first NaN/inf loss
         self._staging_dir: str | None = None
+        self.add_callback(_OverflowLogger(self))
 
     # -- numerical health ------------------------------------------------------------------------
 
@@ -110,6 +112,18 @@ class LlmtuneTrainer(SFTTrainer):
             shutil.rmtree(ckpt.staging_root(out), ignore_errors=True)
         _barrier()
         return out
+
+
+class _OverflowLogger(TrainerCallback):
+    """fp16: say so when the gradient scaler skips a step because the gradients overflowed."""
+
+    def __init__(self, trainer: LlmtuneTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if args.fp16 and getattr(self.trainer.accelerator, "optimizer_step_was_skipped", False):
+            logger.warning("fp16 overflow at step %d: the update was skipped and the loss scale lowered",
+                           state.global_step + 1)
 
 
 def _barrier() -> None:

@@ -1,0 +1,47 @@
+"""A first-order memory figure for a training run, and the message an out-of-memory error gets."""
+
+from __future__ import annotations
+
+import torch
+
+from llmtune.errors import LlmtuneError
+
+GIB = 2**30
+
+
+class OutOfMemory(LlmtuneError, MemoryError):
+    """The GPU ran out of memory; the message says how much the run needs and how to need less."""
+
+
+def estimate_training_bytes(model: torch.nn.Module, optimizer_bytes_per_param: int = 8) -> dict[str, int]:
+    """Bytes for weights, gradients and optimizer state (AdamW: two fp32 moments), no activations.
+
+    Returns ``{"weights", "gradients", "optimizer", "total"}``. Activations depend on batch size and
+    ``cutoff_len`` and come on top; this is the floor, not the peak.
+    """
+    weights = gradients = optimizer = 0
+    seen: set[int] = set()
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        numel = int(getattr(param, "ds_numel", param.numel()))
+        weights += numel * param.element_size()
+        if param.requires_grad:
+            gradients += numel * param.element_size()
+            optimizer += numel * optimizer_bytes_per_param
+    return {"weights": weights, "gradients": gradients, "optimizer": optimizer,
+            "total": weights + gradients + optimizer}
+
+
+def out_of_memory_error(model: torch.nn.Module, finetuning_type: str, err: BaseException) -> OutOfMemory:
+    """One line: what ran out, the estimate for this run, and the options that need less memory."""
+    est = estimate_training_bytes(model)
+    where = str(err).strip().splitlines()[0][:160] if str(err).strip() else "CUDA out of memory"
+    return OutOfMemory(
+        f"out of GPU memory ({where}). This {finetuning_type} run needs at least {est['total'] / GIB:.1f} GiB for "
+        f"weights ({est['weights'] / GIB:.1f}), gradients ({est['gradients'] / GIB:.1f}) and optimizer state "
+        f"({est['optimizer'] / GIB:.1f}) before activations. To need less: finetuning_type: block (BAdam) or zo "
+        "(forward passes only), lora with quantization_bit: 4 (QLoRA), a smaller cutoff_len or "
+        "per_device_train_batch_size, or gradient_checkpointing: true"
+    )
