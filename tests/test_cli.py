@@ -53,7 +53,9 @@ def test_bad_key_is_one_line_and_exit_2(capsys, tmp_path):
     code = main(["train", str(TINY_LORA), "--lora_rnak", "4", "--output_dir", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert err == "llmtune: error: unknown config key 'lora_rnak' (did you mean 'lora_rank'?); see `llmtune train --help`"
+    assert (
+        err == "llmtune: error: unknown config key 'lora_rnak' (did you mean 'lora_rank'?); see `llmtune train --help`"
+    )
 
 
 def test_non_empty_output_dir_is_refused_before_the_model_loads(capsys, tmp_path, monkeypatch):
@@ -92,13 +94,33 @@ def test_console_script_trains_the_tiny_default(tmp_path):
     """The README's main command, shortened: a real subprocess through the installed entry point."""
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "llmtune", "train", str(TINY_LORA), "--output_dir", str(out),
-           "--max_steps", "12", "--save_steps", "6", "--logging_steps", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmtune",
+        "train",
+        str(TINY_LORA),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "12",
+        "--save_steps",
+        "6",
+        "--logging_steps",
+        "2",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"saved to {out}" in proc.stdout
-    for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_log.jsonl", "training_loss.png",
-                 "training_args.yaml", "llmtune_complete.json", "checkpoint-12/llmtune_complete.json"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "trainer_log.jsonl",
+        "training_loss.png",
+        "training_args.yaml",
+        "llmtune_complete.json",
+        "checkpoint-12/llmtune_complete.json",
+    ):
         assert (out / name).is_file(), name
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert [r["current_steps"] for r in log if "loss" in r] == [2, 4, 6, 8, 10, 12]

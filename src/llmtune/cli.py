@@ -1,8 +1,8 @@
 """``llmtune``: one command line in front of every finetuning method.
 
-    llmtune train CONFIG.yaml [--key value ...]     train (flags override the file's keys)
-    llmtune validate CONFIG.yaml [--key value ...]  check config and data, load no weights
-    llmtune env | version | eval | webui
+llmtune train CONFIG.yaml [--key value ...]     train (flags override the file's keys)
+llmtune validate CONFIG.yaml [--key value ...]  check config and data, load no weights
+llmtune env | version | eval | webui
 """
 
 from __future__ import annotations

@@ -19,8 +19,11 @@ def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 
 
 def test_yaml_then_flags_override(tmp_path):
-    config = write(tmp_path, "model_name_or_path: llmtune/tiny-llama\ndataset: demo_alpaca\nlearning_rate: 1.0e-4\n"
-                   "finetuning_type: lora\nlora_rank: 4\nnum_train_epochs: 2\n")
+    config = write(
+        tmp_path,
+        "model_name_or_path: llmtune/tiny-llama\ndataset: demo_alpaca\nlearning_rate: 1.0e-4\n"
+        "finetuning_type: lora\nlora_rank: 4\nnum_train_epochs: 2\n",
+    )
     args = load_run_arguments([str(config), "--learning_rate", "3e-4", "--lora_rank=16", "num_train_epochs=5"])
     assert args.training.learning_rate == pytest.approx(3e-4)
     assert args.methods["lora"].lora_rank == 16
@@ -30,8 +33,21 @@ def test_yaml_then_flags_override(tmp_path):
 
 
 def test_flags_alone_and_bare_bool_flag():
-    args = load_run_arguments(["--stage", "sft", "--finetuning_type", "full", "--model_name_or_path",
-                               "llmtune/tiny-llama", "--dataset", "demo_alpaca", "--plot_loss", "--cutoff_len", "64"])
+    args = load_run_arguments(
+        [
+            "--stage",
+            "sft",
+            "--finetuning_type",
+            "full",
+            "--model_name_or_path",
+            "llmtune/tiny-llama",
+            "--dataset",
+            "demo_alpaca",
+            "--plot_loss",
+            "--cutoff_len",
+            "64",
+        ]
+    )
     assert args.finetuning.finetuning_type == "full"
     assert args.finetuning.plot_loss is True
     assert args.data.cutoff_len == 64

@@ -23,7 +23,7 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(built_home: Path) -> Path:
     """The folder of the session's tiny-model build."""
-    return built_home / "models" / "tiny-llama-v2"
+    return built_home / "models" / "tiny-llama-v3"
 
 
 @pytest.fixture
@@ -34,7 +34,13 @@ def tiny_home(built_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def empty_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def quick_pretrain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builds in this test pretrain for 3 steps, not 300: the cache tests check files, not quality."""
+    monkeypatch.setattr("llmtune.model.tiny.PRETRAIN_STEPS", 3)
+
+
+@pytest.fixture
+def empty_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_pretrain: None) -> Path:
     """Point ``LLMTUNE_HOME`` at a fresh, empty folder: the tiny model is not built there yet."""
     home = tmp_path / "llmtune_home"
     monkeypatch.setenv("LLMTUNE_HOME", str(home))

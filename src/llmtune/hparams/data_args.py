@@ -19,13 +19,17 @@ class DataArguments:
     )
     dataset_dir: str = field(
         default="data",
-        metadata={"help": "Folder holding `dataset_info.json` and local dataset files. 'data' falls back to "
-                  "llmtune's shipped demo data when there is no ./data folder."},
+        metadata={
+            "help": "Folder holding `dataset_info.json` and local dataset files. 'data' falls back to "
+            "llmtune's shipped demo data when there is no ./data folder."
+        },
     )
     template: str = field(
         default="default",
-        metadata={"help": "Chat template used to render prompts: default, alpaca, llama2, llama3, chatml, qwen, "
-                  "mistral, or auto (the tokenizer's own chat template)."},
+        metadata={
+            "help": "Chat template used to render prompts: default, alpaca, llama2, llama3, chatml, qwen, "
+            "mistral, or auto (the tokenizer's own chat template)."
+        },
     )
     cutoff_len: int = field(
         default=2048,

@@ -23,7 +23,5 @@ class ModelArguments:
         metadata={"help": "Run Python code shipped with the model repository. Off unless you trust its author."},
     )
     use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use the fast (Rust) tokenizer."})
-    flash_attn: str = field(
-        default="auto", metadata={"help": "Attention implementation: auto, sdpa, eager or fa2."}
-    )
+    flash_attn: str = field(default="auto", metadata={"help": "Attention implementation: auto, sdpa, eager or fa2."})
     low_cpu_mem_usage: bool = field(default=True, metadata={"help": "Load weights lazily to save host memory."})

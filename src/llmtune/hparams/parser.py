@@ -56,11 +56,25 @@ def is_secret(key: str) -> bool:
 class _SafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader: plain data only, no ``!!python/object`` tags."""
 
+    def construct_object(self, node, deep=False):
+        # PyYAML's constructors let Python's own errors out for values such as `2024-13-45`,
+        # `!!bool maybe` or an integer of over 4300 digits: report them with the value's line.
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            kind = node.tag.rpartition(":")[2]
+            value = f" {node.value[:40]!r}" if isinstance(node.value, str) else ""
+            raise yaml.MarkedYAMLError(problem=f"cannot read{value} as {kind}", problem_mark=node.start_mark) from None
+
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (or JSON) config file into a dict, refusing anything but plain data."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:  # a name longer than the file system allows
+        found = False
+    if not found:
         raise DataFileNotFoundError(f"config file {str(path)!r} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
@@ -73,6 +87,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}:{line}: {err.problem}; llmtune reads plain YAML only (no Python object tags)"
         ) from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise ConfigError(f"{path}: malformed YAML: lists or mappings nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
@@ -202,8 +218,13 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(members)}")
     if isinstance(value, int):
-        if _accepts(members, int) or _accepts(members, float) or hint is Any:
-            return float(value) if not _accepts(members, int) else value
+        if _accepts(members, int) or hint is Any:
+            return value
+        if _accepts(members, float):
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"{key}: the integer given is too large for a float (over 1.8e308)") from None
         if wants_str:
             return str(value)
     elif isinstance(value, float):
@@ -286,8 +307,9 @@ def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
         return cls(**kwargs)
     except LlmtuneError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError, ImportError) as err:
         # A library's own validation (e.g. TrainingArguments.__post_init__): keep its first line.
+        # OSError and ImportError: a file it opens (deepspeed, accelerator_config) or a package it needs is missing.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"invalid training arguments: {first}") from None
 

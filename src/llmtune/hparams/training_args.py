@@ -31,13 +31,17 @@ class TrainingArguments(SFTConfig):
     )
     warmup_ratio: float | None = field(
         default=None,
-        metadata={"help": "Fraction of the training steps spent warming the learning rate up (LLaMA-Factory's "
-                  "name; transformers 5 spells it warmup_steps < 1)."},
+        metadata={
+            "help": "Fraction of the training steps spent warming the learning rate up (LLaMA-Factory's "
+            "name; transformers 5 spells it warmup_steps < 1)."
+        },
     )
     resume_from_checkpoint: str | bool | None = field(
         default=None,
-        metadata={"help": "A checkpoint folder to continue from, or true for the newest complete checkpoint "
-                  "in output_dir (incomplete ones are skipped)."},
+        metadata={
+            "help": "A checkpoint folder to continue from, or true for the newest complete checkpoint "
+            "in output_dir (incomplete ones are skipped)."
+        },
     )
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Where to report metrics: none, tensorboard, wandb, ..."}

@@ -1,7 +1,7 @@
 """Finetuning methods: one folder each, all registered in :mod:`llmtune.methods.registry`."""
 
-from llmtune.methods.registry import METHODS, Method, get_method, method_argument_classes, register
 from llmtune.methods.lora.config import LoraArguments
+from llmtune.methods.registry import METHODS, Method, get_method, method_argument_classes, register
 
 register(Method("full", "all weights trained with AdamW", prepare="llmtune.methods.full.model:prepare_full"))
 register(

@@ -40,20 +40,35 @@ def looks_like_local_path(name: str) -> bool:
     if name.startswith(("./", "../", "~", ".\\", "..\\")) or name in (".", "..") or os.path.isabs(name):
         return True
     parts = Path(name).parts
-    return len(parts) > 2 or Path(name).exists() or (len(parts) == 2 and Path(parts[0]).exists())
+    return len(parts) > 2 or _exists(Path(name)) or (len(parts) == 2 and _exists(Path(parts[0])))
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, but False for a name the file system refuses (longer than it allows)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _check_local_folder(key: str, name: str, need_config: bool) -> Path:
     """Return the absolute folder ``name`` names, or raise one line saying why it is not usable."""
-    folder = Path(name).expanduser()
     instead = f"give a saved model folder, a hub id such as 'org/name', or '{TINY_MODEL_NAME}'"
-    if not folder.exists():
-        raise DataFileNotFoundError(f"{key}: folder '{name}' does not exist (looked for {folder.resolve()}); {instead}")
+    try:
+        folder = Path(name).expanduser()
+        looked_for = folder.resolve()
+        found = folder.exists()
+    except (OSError, RuntimeError, ValueError):  # `~unknown_user`, a NUL byte, a name too long for the file system
+        raise DataFileNotFoundError(f"{key}: {name!r} is not a usable folder name; {instead}") from None
+    if not found:
+        raise DataFileNotFoundError(
+            f"{key}: folder {name!r} does not exist (looked for {str(looked_for)!r}); {instead}"
+        )
     if not folder.is_dir():
-        raise DataFileNotFoundError(f"{key}: '{name}' is a file, not a folder; {instead}")
+        raise DataFileNotFoundError(f"{key}: {name!r} is a file, not a folder; {instead}")
     if need_config and not (folder / "config.json").is_file():
         raise DataFileNotFoundError(
-            f"{key}: folder '{name}' has no config.json, so it is not a saved model "
+            f"{key}: folder {name!r} has no config.json, so it is not a saved model "
             "(an adapter folder goes in adapter_name_or_path)"
         )
     return folder.resolve()

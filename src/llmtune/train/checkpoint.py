@@ -67,7 +67,9 @@ def latest_complete_checkpoint(output_dir: str | Path, *, warn: bool = True) -> 
         if info.complete:
             return info.path
         if warn:
-            logger.warning("skipping %s: it is incomplete (no valid %s; interrupted while saving?)", info.path, COMPLETE_MARKER)
+            logger.warning(
+                "skipping %s: it is incomplete (no valid %s; interrupted while saving?)", info.path, COMPLETE_MARKER
+            )
     return None
 
 
@@ -115,9 +117,7 @@ def verify_saved_weights(folder: Path, model: torch.nn.Module) -> int:
                 count += 1
     if saved != expected:
         what = "adapter" if adapter_only else "model"
-        raise CheckpointError(
-            f"save to {folder} is incomplete: {saved:,} numbers written, the {what} has {expected:,}"
-        )
+        raise CheckpointError(f"save to {folder} is incomplete: {saved:,} numbers written, the {what} has {expected:,}")
     return count
 
 

@@ -30,8 +30,12 @@ def estimate_training_bytes(model: torch.nn.Module, optimizer_bytes_per_param: i
         if param.requires_grad:
             gradients += numel * param.element_size()
             optimizer += numel * optimizer_bytes_per_param
-    return {"weights": weights, "gradients": gradients, "optimizer": optimizer,
-            "total": weights + gradients + optimizer}
+    return {
+        "weights": weights,
+        "gradients": gradients,
+        "optimizer": optimizer,
+        "total": weights + gradients + optimizer,
+    }
 
 
 def out_of_memory_error(model: torch.nn.Module, finetuning_type: str, err: BaseException) -> OutOfMemory:

@@ -91,6 +91,8 @@ def save_config(out: Path, args: RunArguments) -> None:
 
 def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     """Train with ``args`` and save the result into ``output_dir``. See the module docstring."""
+    from transformers import set_seed
+
     from llmtune.data import check_datasets, get_dataset
     from llmtune.methods import get_method
     from llmtune.model import count_parameters, load_model, load_tokenizer
@@ -110,12 +112,16 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     out = prepare_output_dir(args, resume)
     save_config(out, args)
 
+    set_seed(args.training.seed)  # adapters and method state are initialised from this seed, reproducibly
     model = load_model(args.model)
     model = method.prepare_fn()(model, args)
     trainable, total = count_parameters(model)
     logger.info(
         "finetuning_type=%s: %s of %s parameters trainable (%.4f%%)",
-        method.name, f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1),
+        method.name,
+        f"{trainable:,}",
+        f"{total:,}",
+        100.0 * trainable / max(total, 1),
     )
 
     args.training.max_length = None  # rows are already cut to cutoff_len (and counted): TRL must not re-cut

@@ -78,9 +78,7 @@ class LlmtuneTrainer(SFTTrainer):
             self._staging_dir = None
         _barrier()
         if self.args.should_save:
-            ckpt.write_marker(
-                staging / name, step=self.state.global_step, finetuning_type=self.finetuning_type
-            )
+            ckpt.write_marker(staging / name, step=self.state.global_step, finetuning_type=self.finetuning_type)
             ckpt.publish(staging / name, final)
             for path in ckpt.rotate_checkpoints(run_dir, self.args.save_total_limit):
                 logger.info("deleted %s (save_total_limit=%s)", path, self.args.save_total_limit)
@@ -122,8 +120,9 @@ class _OverflowLogger(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if args.fp16 and getattr(self.trainer.accelerator, "optimizer_step_was_skipped", False):
-            logger.warning("fp16 overflow at step %d: the update was skipped and the loss scale lowered",
-                           state.global_step + 1)
+            logger.warning(
+                "fp16 overflow at step %d: the update was skipped and the loss scale lowered", state.global_step + 1
+            )
 
 
 def _barrier() -> None:

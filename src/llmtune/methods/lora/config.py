@@ -16,8 +16,10 @@ class LoraArguments:
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
     lora_target: str = field(
         default="all",
-        metadata={"help": "Comma-separated module names to adapt (e.g. q_proj,v_proj), or 'all' for every "
-                  "linear layer except the output head."},
+        metadata={
+            "help": "Comma-separated module names to adapt (e.g. q_proj,v_proj), or 'all' for every "
+            "linear layer except the output head."
+        },
     )
     additional_target: str | None = field(
         default=None,
