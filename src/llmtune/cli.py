@@ -104,7 +104,8 @@ def cmd_train(tokens: list[str]) -> int:
     result = run_sft(args)
     loss = result.metrics.get("train_loss")
     shown = f" (train_loss {loss:.4f})" if isinstance(loss, float) else ""
-    print(f"llmtune: saved to {result.output_dir}{shown}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
+        print(f"llmtune: saved to {result.output_dir}{shown}")
     return 0
 
 

@@ -12,8 +12,17 @@ import difflib
 from collections.abc import Iterable
 
 
+# Characters str.splitlines() breaks at, and the escapes that keep a message on one line.
+_LINE_BREAKS = str.maketrans({char: repr(char)[1:-1] for char in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
 class LlmtuneError(Exception):
     """Base class of the errors llmtune documents; the CLI prints ``str(error)`` alone."""
+
+    def __init__(self, message: object = "", *args: object):
+        # Text from the user's files (a dataset name, a role, a column) can hold line breaks;
+        # escape them so the message stays the one line the CLI promises.
+        super().__init__(message.translate(_LINE_BREAKS) if isinstance(message, str) else message, *args)
 
 
 class ConfigError(LlmtuneError, ValueError):

@@ -20,6 +20,7 @@ import math
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,18 @@ SPEAKERS = ["human", "gpt", "system", "observation", "function_call", "user", "a
 BAD_BYTES = [b"\xff", b"\xfe\xff", b"\xc3", b"\xed\xa0\x80", b"\x80abc", b"\x00"]
 
 
+class Tokenizers(dict):
+    """The tiny tokenizers by fixture name, with a short repr for Hypothesis' falsifying examples."""
+
+    def __repr__(self) -> str:
+        return f"Tokenizers({', '.join(self)})"
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tokenizer, chat_tokenizer, plain_tokenizer) -> Tokenizers:
+    return Tokenizers(tokenizer=tokenizer, chat_tokenizer=chat_tokenizer, plain_tokenizer=plain_tokenizer)
+
+
 def one_line_error(error: LlmtuneError) -> None:
     message = str(error)
     assert message.strip(), f"{type(error).__name__} with an empty message"
@@ -53,16 +66,16 @@ def one_line_error(error: LlmtuneError) -> None:
 
 TEXT = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["", " ", "\n\t", "Hello", "{content}", "{{name}}", "</s>", "<s>", "<|im_end|>", "Human:", "\ud800"]),
+    st.sampled_from(
+        ["", " ", "\n\t", "Hello", "{content}", "{{name}}", "</s>", "<s>", "<|im_end|>", "Human:", "\ud800"]
+    ),
 )
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), TEXT)
 JSON_VALUES = st.recursive(
     JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3), max_leaves=5
 )
 TEXT_OR_ANY = st.one_of(TEXT, TEXT, TEXT, JSON_VALUES)
-GOOD_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=16).filter(
-    str.strip
-)
+GOOD_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=16).filter(str.strip)
 
 
 def with_extra_keys(row: st.SearchStrategy) -> st.SearchStrategy:
@@ -84,15 +97,22 @@ def good_sharegpt_rows() -> st.SearchStrategy:
             turns += [{"from": "human", "value": user}, {"from": "gpt", "value": assistant}]
         return {"conversations": turns}
 
-    return st.builds(conversation, st.none() | GOOD_TEXT, st.lists(st.tuples(GOOD_TEXT, GOOD_TEXT), min_size=1, max_size=3))
+    return st.builds(
+        conversation, st.none() | GOOD_TEXT, st.lists(st.tuples(GOOD_TEXT, GOOD_TEXT), min_size=1, max_size=3)
+    )
 
 
 def alpaca_ish_rows() -> st.SearchStrategy:
     history = st.one_of(st.lists(st.lists(TEXT_OR_ANY, max_size=3), max_size=2), JSON_VALUES)
     row = st.fixed_dictionaries(
         {},
-        optional={"instruction": TEXT_OR_ANY, "input": TEXT_OR_ANY, "output": TEXT_OR_ANY, "system": TEXT_OR_ANY,
-                  "history": history},
+        optional={
+            "instruction": TEXT_OR_ANY,
+            "input": TEXT_OR_ANY,
+            "output": TEXT_OR_ANY,
+            "system": TEXT_OR_ANY,
+            "history": history,
+        },
     )
     return with_extra_keys(row)
 
@@ -173,34 +193,45 @@ def data_files(draw) -> tuple[str, bytes]:
 
 
 def registry_entries(file_name: str) -> st.SearchStrategy:
-    columns = st.dictionaries(
-        st.sampled_from(ROLES) | TEXT, st.sampled_from(COLUMN_NAMES) | JSON_SCALARS, max_size=3
-    )
+    """Entries for ``file_name`` with any ``formatting``, ``columns``, ``tags`` and ``ranking``."""
+    columns = st.dictionaries(st.sampled_from(ROLES) | TEXT, st.sampled_from(COLUMN_NAMES) | JSON_SCALARS, max_size=3)
     tags = st.dictionaries(st.sampled_from(TAG_KEYS) | TEXT, st.sampled_from(SPEAKERS) | JSON_SCALARS, max_size=3)
     return st.fixed_dictionaries(
-        {"file_name": st.one_of(*[st.just(file_name)] * 6, st.sampled_from(["", ".", "missing.json"]), JSON_SCALARS)},
+        {"file_name": st.just(file_name) | st.sampled_from(["", ".", "missing.json"]) | JSON_SCALARS},
         optional={
-            "formatting": st.one_of(st.sampled_from(["alpaca", "sharegpt"]), JSON_VALUES),
-            "columns": st.one_of(columns, columns, JSON_VALUES),
-            "tags": st.one_of(tags, tags, JSON_VALUES),
+            "formatting": st.sampled_from(["alpaca", "sharegpt"]) | JSON_VALUES,
+            "columns": columns | JSON_VALUES,
+            "tags": tags | JSON_VALUES,
             "ranking": JSON_SCALARS,
         },
     )
 
 
-def data_options() -> st.SearchStrategy:
-    """Keyword arguments of ``DataArguments`` besides the dataset names, in and out of range."""
+def usual_options() -> st.SearchStrategy:
+    """Keyword arguments of ``DataArguments`` besides the names, all in range."""
     return st.fixed_dictionaries(
         {
             "template": st.sampled_from(sorted(TEMPLATES)),
-            "cutoff_len": st.one_of(st.integers(1, 64), st.sampled_from([1024, 0, -1])),
-            "max_samples": st.one_of(st.none(), st.integers(-1, 4)),
-            "val_size": st.one_of(st.just(0.0), st.sampled_from([0.5, 0.99, 1, 2, 1.5, -0.1, math.inf])),
+            "cutoff_len": st.integers(1, 64) | st.just(1024),
+            "max_samples": st.none() | st.integers(1, 4),
+            "val_size": st.sampled_from([0.0, 0.0, 0.5, 1]),
             "train_on_prompt": st.booleans(),
             "mask_history": st.booleans(),
             "skip_bad_rows": st.booleans(),
             "default_system": st.none() | TEXT,
         }
+    )
+
+
+def any_options() -> st.SearchStrategy:
+    """Like ``usual_options``, with sizes out of range too."""
+    out_of_range = {
+        "cutoff_len": st.integers(-2, 64),
+        "max_samples": st.none() | st.integers(-2, 4),
+        "val_size": st.sampled_from([0.0, 0.5, 0.99, 1, 2, 1.5, -0.1, math.inf]),
+    }
+    return st.builds(
+        lambda usual, odd: {**usual, **odd}, usual_options(), st.fixed_dictionaries({}, optional=out_of_range)
     )
 
 
@@ -257,23 +288,34 @@ def load_or_refuse(data_args: DataArguments, tokenizer) -> None:
 @settings(max_examples=150 * SCALE)
 @given(
     file=data_files(),
-    entry=st.data(),
-    options=data_options(),
-    which=st.sampled_from(["tokenizer", "chat_tokenizer", "plain_tokenizer"]),
     sharegpt=st.booleans(),
+    options=usual_options(),
+    which=st.sampled_from(["tokenizer", "chat_tokenizer", "plain_tokenizer"]),
 )
 def test_any_dataset_file_loads_or_raises_one_line(
-    tmp_path_factory, tokenizer, chat_tokenizer, plain_tokenizer, file, entry, options, which, sharegpt
+    tmp_path_factory, tokenizers, file, sharegpt, options, which
 ) -> None:
     suffix, content = file
-    registry_entry = entry.draw(registry_entries(f"rows.{suffix}"))
-    if sharegpt and "formatting" not in registry_entry:
-        registry_entry["formatting"] = "sharegpt"
-    folder = write_folder(
-        tmp_path_factory.mktemp("rows"), {f"rows.{suffix}": content}, to_bytes(json.dumps({"d": registry_entry}))
-    )
-    tok = {"tokenizer": tokenizer, "chat_tokenizer": chat_tokenizer, "plain_tokenizer": plain_tokenizer}[which]
-    load_or_refuse(DataArguments(dataset="d", dataset_dir=str(folder), **options), tok)
+    entry = {"file_name": f"rows.{suffix}", "formatting": "sharegpt" if sharegpt else "alpaca"}
+    registry = to_bytes(json.dumps({"d": entry}))
+    folder = write_folder(tmp_path_factory.mktemp("rows"), {f"rows.{suffix}": content}, registry)
+    load_or_refuse(DataArguments(dataset="d", dataset_dir=str(folder), **options), tokenizers[which])
+
+
+@settings(max_examples=60 * SCALE)
+@given(rows=st.lists(ANY_ROW, min_size=1, max_size=4), entry=registry_entries("rows.json"), options=any_options())
+@example(
+    rows=[{"instruction": "Hi", "output": "there"}], entry={"file_name": "rows.json", "formatting": [None]}, options={}
+)
+@example(
+    rows=[{"instruction": "Hi", "output": "there"}], entry={"file_name": "rows.json"}, options={"val_size": math.inf}
+)
+def test_any_registry_entry_and_options_load_or_raise_one_line(
+    tmp_path_factory, tokenizer, rows, entry, options
+) -> None:
+    registry = to_bytes(json.dumps({"d": entry}))
+    folder = write_folder(tmp_path_factory.mktemp("entry"), {"rows.json": serialise(rows, "json")}, registry)
+    load_or_refuse(DataArguments(dataset="d", dataset_dir=str(folder), **options), tokenizer)
 
 
 @settings(max_examples=40 * SCALE)
@@ -310,24 +352,28 @@ BAD_SHAREGPT = st.one_of(
     st.fixed_dictionaries({"conversations": st.sampled_from([[], "text", 3, [{"from": "system", "value": "s"}]])}),
     st.builds(lambda text: {"conversations": [{"from": "human", "value": text}]}, GOOD_TEXT),  # no answer
     st.builds(lambda text: {"conversations": [{"from": "gpt", "value": text}]}, GOOD_TEXT),  # answer first
-    st.builds(lambda text: {"conversations": [{"from": "human", "value": text}, {"from": "bot", "value": text}]}, GOOD_TEXT),
-    st.builds(lambda text: {"conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": " "}]}, GOOD_TEXT),
-    st.builds(lambda text: {"conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": 7}]}, GOOD_TEXT),
+    st.builds(
+        lambda text: {"conversations": [{"from": "human", "value": text}, {"from": "bot", "value": text}]}, GOOD_TEXT
+    ),
+    st.builds(
+        lambda text: {"conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": " "}]}, GOOD_TEXT
+    ),
+    st.builds(
+        lambda text: {"conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": 7}]}, GOOD_TEXT
+    ),
 )
 BAD_BYTE_MARK = "\x00BAD-BYTES\x00"  # replaced, after serialising, by bytes that are not UTF-8
 
 
 @st.composite
-def mixed_rows(draw, sharegpt: bool) -> tuple[list, list[bool]]:
-    """Good and bad rows interleaved; the flags say which are good."""
+def mixed_rows(draw) -> tuple[bool, list, list[bool]]:
+    """``(sharegpt, rows, flags)``: good and bad rows interleaved; ``flags`` says which are good."""
+    sharegpt = draw(st.booleans())
     good = good_sharegpt_rows() if sharegpt else good_alpaca_rows()
-    bad = BAD_SHAREGPT if sharegpt else BAD_ALPACA
+    with_bad_bytes = good.map(lambda row: {**row, "note": BAD_BYTE_MARK})  # good but for its bytes
+    bad = st.one_of(BAD_SHAREGPT if sharegpt else BAD_ALPACA, with_bad_bytes)
     flags = draw(st.lists(st.booleans(), min_size=1, max_size=8).filter(any))
-    rows = [draw(good) if flag else draw(bad) for flag in flags]
-    for index, flag in enumerate(flags):
-        if not flag and isinstance(rows[index], dict) and draw(st.booleans()):
-            rows[index] = {**rows[index], "note": BAD_BYTE_MARK}  # an otherwise good row is bad with bad bytes
-    return rows, flags
+    return sharegpt, [draw(good if flag else bad) for flag in flags], flags
 
 
 def write_rows(root: Path, rows: list, kind: str, sharegpt: bool) -> Path:
@@ -337,13 +383,22 @@ def write_rows(root: Path, rows: list, kind: str, sharegpt: bool) -> Path:
 
 
 @settings(max_examples=60 * SCALE)
-@given(sharegpt=st.booleans(), data=st.data(), kind=st.sampled_from(["json", "jsonl"]), template=st.sampled_from(["default", "chatml", "llama3"]))
-@example(sharegpt=False, data=None, kind="json", template="default").via("a good row, then non-UTF-8 bytes")
-def test_skip_bad_rows_keeps_exactly_the_good_rows(tmp_path_factory, tokenizer, sharegpt, data, kind, template) -> None:
-    if data is None:
-        rows, flags = [{"instruction": "Hi", "output": "there"}, {"instruction": "x", "output": BAD_BYTE_MARK}], [True, False]
-    else:
-        rows, flags = data.draw(mixed_rows(sharegpt))
+@given(
+    case=mixed_rows(),
+    kind=st.sampled_from(["json", "jsonl"]),
+    template=st.sampled_from(["default", "chatml", "llama3"]),
+)
+@example(
+    case=(
+        False,
+        [{"instruction": "Hi", "output": "there"}, {"instruction": "x", "output": BAD_BYTE_MARK}],
+        [True, False],
+    ),
+    kind="json",
+    template="default",
+)
+def test_skip_bad_rows_keeps_exactly_the_good_rows(tmp_path_factory, tokenizer, case, kind, template) -> None:
+    sharegpt, rows, flags = case
     good_rows = [row for row, flag in zip(rows, flags, strict=True) if flag]
     options = {"dataset": "d", "template": template, "cutoff_len": 1024, "skip_bad_rows": True}
     mixed = write_rows(tmp_path_factory.mktemp("mixed"), rows, kind, sharegpt)

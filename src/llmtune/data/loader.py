@@ -82,7 +82,7 @@ def check_data_options(data_args: DataArguments) -> None:
         raise ConfigError(f"cutoff_len: {data_args.cutoff_len!r} must be a positive number of tokens")
     if data_args.max_samples is not None and data_args.max_samples < 1:
         raise ConfigError(f"max_samples: {data_args.max_samples!r} must be at least 1 (or unset for all rows)")
-    if data_args.val_size < 0 or (data_args.val_size >= 1 and data_args.val_size != int(data_args.val_size)):
+    if data_args.val_size < 0 or (data_args.val_size >= 1 and not float(data_args.val_size).is_integer()):  # inf too
         raise ConfigError(
             f"val_size: {data_args.val_size!r} must be a fraction in [0, 1) or a whole number of rows >= 1"
         )

@@ -90,7 +90,8 @@ class DatasetAttr:
     def from_entry(cls, name: str, entry: dict) -> DatasetAttr:
         """Build an attribute from one ``dataset_info.json`` entry (never raises for bad values)."""
         formatting = entry.get("formatting") or "alpaca"
-        columns = dict(DEFAULT_COLUMNS.get(formatting, {}))
+        # A non-string formatting (a list, say) is refused by _unsupported_reason; it has no defaults.
+        columns = dict(DEFAULT_COLUMNS.get(formatting, {}) if isinstance(formatting, str) else {})
         declared = entry.get("columns") if isinstance(entry.get("columns"), dict) else {}
         columns.update({role: col for role, col in declared.items() if isinstance(col, str)})
         tags = dict(DEFAULT_TAGS)

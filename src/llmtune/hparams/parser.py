@@ -261,6 +261,9 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
     Raises a one-line :class:`~llmtune.errors.LlmtuneError` for any unknown key, bad value or
     unsupported combination. Loads no model, tokenizer or dataset.
     """
+    from llmtune.methods.registry import normalise_config
+
+    config = normalise_config(dict(config))
     classes = argument_classes()
     hints = {cls: typing.get_type_hints(cls) for cls in classes}
     owners: dict[str, list[type]] = {}
@@ -282,7 +285,9 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
         kwargs = {k: v for k, v in given.items() if cls in owners[k]}
         if cls is classes[-1]:  # TrainingArguments
             kwargs.setdefault("output_dir", "saves/llmtune")
-            if kwargs.get("bf16") and not _has_cuda():  # allowed on CPU only by LLMTUNE_ALLOW_CPU_BF16
+            if not _has_accelerator():
+                # accelerate only runs torchrun/DeepSpeed ranks as one job (MULTI_CPU) when told the
+                # device is the CPU; without it every rank would train alone, unaware of the others.
                 kwargs.setdefault("use_cpu", True)
             kwargs.setdefault("dataloader_pin_memory", _has_cuda())  # pinning without a GPU only warns
         built[cls] = _construct(cls, kwargs)
@@ -325,6 +330,13 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available())
 
 
 def _positive(name: str, value: float | int | None, *, allow_zero: bool = False) -> None:

@@ -29,6 +29,8 @@ class Method:
             None while the method is not implemented yet.
         trainer: ``"module:Class"`` of the trainer; defaults to ``LlmtuneTrainer``.
         issue: the tracker issue that delivers the method while it is not implemented.
+        normalise: ``"module:function"`` taking and returning the raw config dict, rewriting another
+            tool's spelling of this method (e.g. LLaMA-Factory's ``use_badam: true``) into llmtune's.
     """
 
     name: str
@@ -37,6 +39,7 @@ class Method:
     prepare: str | None = None
     trainer: str = "llmtune.train.trainer:LlmtuneTrainer"
     issue: int | None = None
+    normalise: str | None = None
 
     @property
     def implemented(self) -> bool:
@@ -72,6 +75,14 @@ def get_method(name: str) -> Method:
             f"available now: {available}"
         )
     return method
+
+
+def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Let each method rewrite foreign spellings of its options (before unknown keys are refused)."""
+    for method in METHODS.values():
+        if method.normalise:
+            config = _import(method.normalise)(config)
+    return config
 
 
 def method_argument_classes() -> list[type]:

@@ -61,14 +61,12 @@ def _check_local_folder(key: str, name: str, need_config: bool) -> Path:
     except (OSError, RuntimeError, ValueError):  # `~unknown_user`, a NUL byte, a name too long for the file system
         raise DataFileNotFoundError(f"{key}: {name!r} is not a usable folder name; {instead}") from None
     if not found:
-        raise DataFileNotFoundError(
-            f"{key}: folder {name!r} does not exist (looked for {str(looked_for)!r}); {instead}"
-        )
+        raise DataFileNotFoundError(f"{key}: folder '{name}' does not exist (looked for {looked_for}); {instead}")
     if not folder.is_dir():
-        raise DataFileNotFoundError(f"{key}: {name!r} is a file, not a folder; {instead}")
+        raise DataFileNotFoundError(f"{key}: '{name}' is a file, not a folder; {instead}")
     if need_config and not (folder / "config.json").is_file():
         raise DataFileNotFoundError(
-            f"{key}: folder {name!r} has no config.json, so it is not a saved model "
+            f"{key}: folder '{name}' has no config.json, so it is not a saved model "
             "(an adapter folder goes in adapter_name_or_path)"
         )
     return folder.resolve()
