@@ -126,3 +126,10 @@ def test_console_script_trains_the_tiny_default(tmp_path):
     assert [r["current_steps"] for r in log if "loss" in r] == [2, 4, 6, 8, 10, 12]
     saved = yaml.safe_load((out / "training_args.yaml").read_text())
     assert saved["max_steps"] == 12 and saved["finetuning_type"] == "lora"
+
+
+def test_docs_options_page_is_generated_from_the_dataclasses():
+    from llmtune.hparams.docs import options_markdown
+
+    page = (ROOT / "docs" / "options.md").read_text()
+    assert page == options_markdown(), "regenerate: python -m llmtune.hparams.docs > docs/options.md"

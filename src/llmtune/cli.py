@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import textwrap
 
 USAGE = """usage: llmtune <command> [CONFIG.yaml] [--key value ...]
 
@@ -31,25 +30,6 @@ def _setup_logging() -> None:
     logging.basicConfig(format="[llmtune] %(message)s", level=getattr(logging, level, logging.INFO))
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def options_help() -> str:
-    """Every config key, grouped by the dataclass that defines it, with its help text and default."""
-    import dataclasses
-
-    from llmtune.hparams.parser import _init_fields, argument_classes
-
-    lines = ["usage: llmtune train [CONFIG.yaml] [--key value ...]", ""]
-    for cls in argument_classes():
-        lines.append(f"{cls.__name__}:")
-        for f in _init_fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            text = f.metadata.get("help", "")
-            lines.append(f"  --{f.name} (default: {default!r})")
-            if text:
-                lines.extend(textwrap.wrap(text, 96, initial_indent="      ", subsequent_indent="      "))
-        lines.append("")
-    return "\n".join(lines)
 
 
 def cmd_env() -> int:
@@ -133,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmtune: unknown command {command!r}{suggest(command, commands)}\n\n{USAGE}", file=sys.stderr)
         return 2
     if any(t in ("-h", "--help") for t in tokens):
-        print(options_help())
+        from llmtune.hparams.docs import options_text
+
+        print(options_text())
         return 0
     _setup_logging()
     try:

@@ -165,7 +165,7 @@ def cell_text(value: object) -> str:
 @st.composite
 def damaged(draw, content: bytes) -> bytes:
     """``content`` unchanged, truncated, with bad bytes inserted, with a BOM, or replaced by noise."""
-    how = draw(st.sampled_from(["none", "none", "none", "truncate", "bad_bytes", "bom", "noise"]))
+    how = draw(st.sampled_from(["none"] * 6 + ["truncate", "bad_bytes", "bom", "noise"]))
     cut = draw(st.integers(0, max(len(content) - 1, 0)))
     if how == "truncate":
         return content[:cut]
@@ -179,10 +179,11 @@ def damaged(draw, content: bytes) -> bytes:
 
 
 @st.composite
-def data_files(draw) -> tuple[str, bytes]:
-    """``(suffix, bytes)`` of one dataset file."""
+def data_files(draw, sharegpt: bool) -> tuple[str, bytes]:
+    """``(suffix, bytes)`` of one file of a ``sharegpt`` (or alpaca) dataset: rows of its formatting or any shape."""
     kind = draw(st.sampled_from(["json", "jsonl", "csv"]))
-    rows = draw(st.lists(ANY_ROW, max_size=5))
+    good = good_sharegpt_rows() if sharegpt else good_alpaca_rows()
+    rows = draw(st.lists(st.one_of(good, good, ANY_ROW), min_size=1, max_size=5))
     content = draw(damaged(serialise(rows, kind)))
     suffix = draw(st.sampled_from([kind, kind, kind, "json", "txt", "JSON"]))
     return suffix, content
@@ -287,15 +288,15 @@ def load_or_refuse(data_args: DataArguments, tokenizer) -> None:
 
 @settings(max_examples=150 * SCALE)
 @given(
-    file=data_files(),
     sharegpt=st.booleans(),
+    data=st.data(),
     options=usual_options(),
     which=st.sampled_from(["tokenizer", "chat_tokenizer", "plain_tokenizer"]),
 )
 def test_any_dataset_file_loads_or_raises_one_line(
-    tmp_path_factory, tokenizers, file, sharegpt, options, which
+    tmp_path_factory, tokenizers, sharegpt, data, options, which
 ) -> None:
-    suffix, content = file
+    suffix, content = data.draw(data_files(sharegpt), label="file")
     entry = {"file_name": f"rows.{suffix}", "formatting": "sharegpt" if sharegpt else "alpaca"}
     registry = to_bytes(json.dumps({"d": entry}))
     folder = write_folder(tmp_path_factory.mktemp("rows"), {f"rows.{suffix}": content}, registry)

@@ -24,4 +24,7 @@ class ModelArguments:
     )
     use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use the fast (Rust) tokenizer."})
     flash_attn: str = field(default="auto", metadata={"help": "Attention implementation: auto, sdpa, eager or fa2."})
-    low_cpu_mem_usage: bool = field(default=True, metadata={"help": "Load weights lazily to save host memory."})
+    low_cpu_mem_usage: bool = field(
+        default=True,
+        metadata={"help": "Accepted for LLaMA-Factory configs; transformers 5 always loads weights lazily."},
+    )
