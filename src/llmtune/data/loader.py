@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmtune.data.readers import RawTable, list_data_files, read_table, table_from_records
+from llmtune.data.readers import RawTable, has_surrogate, list_data_files, read_table, table_from_records
 from llmtune.data.registry import (
     REGISTRY_FILE,
     DatasetAttr,
@@ -23,6 +23,7 @@ from llmtune.data.registry import (
 )
 from llmtune.data.report import DataReport, DatasetCount
 from llmtune.data.rows import Conversation, RowProblem, convert_row
+from llmtune.data.tasks import load_task_conversations, tasks_among
 from llmtune.data.template import TEMPLATES
 from llmtune.errors import ConfigError, DataError, DataFileNotFoundError, one_of, suggest
 
@@ -58,13 +59,20 @@ def load_conversations(data_args: DataArguments) -> LoadedData:
     dataset_dir = resolve_dataset_dir(data_args.dataset_dir)
     registry = load_registry(dataset_dir)
     train_names, eval_names = split_names(data_args.dataset), split_names(data_args.eval_dataset)
-    # Look every name up before reading any file, so a typo fails in milliseconds.
-    attrs = {name: get_dataset_attr(registry, name, dataset_dir) for name in train_names + eval_names}
+    # Look every name up before reading any file, so a typo fails in milliseconds. Names that are not
+    # in the registry may be classification/QA tasks (tasks.json): their train or eval split is read.
+    tasks = tasks_among(train_names + eval_names, registry, dataset_dir)
+    attrs = {
+        name: get_dataset_attr(registry, name, dataset_dir) for name in train_names + eval_names if name not in tasks
+    }
     report = DataReport(cutoff_len=data_args.cutoff_len)
     splits: dict[str, list[Conversation]] = {"train": [], "eval": []}
     for split, names in (("train", train_names), ("eval", eval_names)):
         for name in names:
-            conversations, count = load_one(attrs[name], dataset_dir, data_args, split)
+            if name in tasks:
+                conversations, count = load_task_conversations(tasks[name], split, data_args)
+            else:
+                conversations, count = load_one(attrs[name], dataset_dir, data_args, split)
             splits[split].extend(conversations)
             report.datasets.append(count)
     if not eval_names and data_args.val_size > 0:
@@ -86,6 +94,8 @@ def check_data_options(data_args: DataArguments) -> None:
         raise ConfigError(
             f"val_size: {data_args.val_size!r} must be a fraction in [0, 1) or a whole number of rows >= 1"
         )
+    if data_args.default_system and has_surrogate(data_args.default_system):  # the tokenizer would raise TypeError
+        raise ConfigError("default_system: holds characters that are not valid UTF-8 (lone surrogates); fix the text")
     if data_args.val_size > 0 and split_names(data_args.eval_dataset):
         raise ConfigError("val_size and eval_dataset are both set; use val_size to split or eval_dataset, not both")
 

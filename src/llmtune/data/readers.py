@@ -93,7 +93,8 @@ class _Lines:
     """Map a character offset in ``text`` to its 1-based line number."""
 
     def __init__(self, text: str):
-        self.starts = [0] + [match.end() for match in re.finditer("\n", text)]
+        # The line ends the csv module counts (a lone "\r" too), so CSV record lines map to offsets.
+        self.starts = [0] + [match.end() for match in re.finditer("\r\n|\r|\n", text)]
 
     def line_of(self, offset: int) -> int:
         return bisect.bisect_right(self.starts, offset)
@@ -136,7 +137,7 @@ def _json_values(path: Path, text: str, lines: _Lines) -> Iterator[tuple[int, in
             raise fail(error.msg, error.pos) from None
 
     pos = _WHITESPACE.match(text, 0).end()
-    if text[pos] != "[":  # JSON lines: values separated by whitespace
+    if text[pos] != "[" or _array_row_first(path, text, pos, decoder):  # JSON lines: values separated by whitespace
         while pos < len(text):
             value, end = decode(pos)
             yield pos, end, value
@@ -162,6 +163,20 @@ def _json_values(path: Path, text: str, lines: _Lines) -> Iterator[tuple[int, in
     pos = _WHITESPACE.match(text, pos).end()
     if pos < len(text):
         raise fail("extra data after the closing ']'", pos)
+
+
+def _array_row_first(path: Path, text: str, pos: int, decoder: json.JSONDecoder) -> bool:
+    """Whether a ``.jsonl`` file that starts with ``[`` is JSON lines whose first row is an array.
+
+    It is when more values follow the first one; a ``.jsonl`` file holding one JSON array is read as that array.
+    """
+    if path.suffix.lower() != ".jsonl":
+        return False
+    try:
+        _, end = decoder.raw_decode(text, pos)
+    except json.JSONDecodeError:
+        return False
+    return _WHITESPACE.match(text, end).end() < len(text)
 
 
 def _read_csv(path: Path, text: str) -> RawTable:
