@@ -23,11 +23,40 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_step(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [shutil.which("torchrun"), "--nproc_per_node", "2", "-m", "llmtune", "train",
-           "--model_name_or_path", "llmtune/tiny-llama", "--finetuning_type", "lora", "--dataset", "demo_alpaca",
-           "--dataset_dir", str(ROOT / "data"), "--cutoff_len", "64", "--max_samples", "160",
-           "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--max_steps", "400",
-           "--save_steps", "1000", "--logging_steps", "1", "--disable_tqdm", "true", "--output_dir", str(out)]
+    cmd = [
+        shutil.which("torchrun"),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llmtune",
+        "train",
+        "--model_name_or_path",
+        "llmtune/tiny-llama",
+        "--finetuning_type",
+        "lora",
+        "--dataset",
+        "demo_alpaca",
+        "--dataset_dir",
+        str(ROOT / "data"),
+        "--cutoff_len",
+        "64",
+        "--max_samples",
+        "160",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-2",
+        "--max_steps",
+        "400",
+        "--save_steps",
+        "1000",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = out / "trainer_log.jsonl"
     deadline = time.time() + 300
