@@ -2,7 +2,9 @@
 
 llmtune train CONFIG.yaml [--key value ...]     train (flags override the file's keys)
 llmtune validate CONFIG.yaml [--key value ...]  check config and data, load no weights
-llmtune env | version | eval | webui
+llmtune estimate CONFIG.yaml [--key value ...]  GPU memory the run needs, load no weights
+llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]  score tasks (sst2, ...) or MT-bench with a judge
+llmtune env | version | webui
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ USAGE = """usage: llmtune <command> [CONFIG.yaml] [--key value ...]
 commands:
   train      fine-tune a model (see `llmtune train --help` for every key)
   validate   check a config and its datasets without loading any weights
-  eval       evaluate a model (not available yet: issue #6)
+  estimate   the GPU memory a config's run needs, by finetuning type, without loading any weights
+  eval       score a model or a training run on tasks (sst2, squad, ...) or MT-bench (see `llmtune eval --help`)
   webui      the Gradio app (not available yet: issue #7)
   env        versions of the libraries and the devices llmtune sees
   version    llmtune's version
 """
 
-PLANNED = {"eval": 6, "webui": 7}
+PLANNED = {"webui": 7}
 
 
 def _setup_logging() -> None:
@@ -76,6 +79,37 @@ def cmd_validate(tokens: list[str]) -> int:
     return 0
 
 
+def cmd_estimate(tokens: list[str]) -> int:
+    from llmtune.train.estimate import (
+        compare_methods,
+        estimate_memory,
+        fits_line,
+        format_bytes,
+        load_estimate_arguments,
+        load_model_config,
+    )
+
+    args = load_estimate_arguments(tokens)
+    config = load_model_config(args)
+    estimate = estimate_memory(args, config)
+    print(f"{args.model.model_name_or_path}:")
+    print("\n".join(estimate.report()))
+    print(fits_line(estimate.total, args.gpu_memory_gb))
+    others = {k: v for k, v in compare_methods(args, config).items() if k != args.finetuning.finetuning_type}
+    if others:
+        shown = ", ".join(f"{name} {format_bytes(e.total)}" for name, e in others.items())
+        print(f"the same run as other finetuning types: {shown}")
+    return 0
+
+
+def cmd_eval(tokens: list[str]) -> int:
+    from llmtune.eval import load_eval_arguments
+    from llmtune.eval.run import run_eval
+
+    run_eval(load_eval_arguments(tokens))
+    return 0
+
+
 def cmd_train(tokens: list[str]) -> int:
     from llmtune.hparams import load_run_arguments
     from llmtune.train.run import run_sft
@@ -106,13 +140,24 @@ def main(argv: list[str] | None = None) -> int:
     if command in PLANNED:
         print(f"llmtune {command}: not available yet (issue #{PLANNED[command]})", file=sys.stderr)
         return 2
-    commands = {"train": cmd_train, "validate": cmd_validate, "env": lambda _t: cmd_env()}
+    commands = {
+        "train": cmd_train,
+        "validate": cmd_validate,
+        "estimate": cmd_estimate,
+        "eval": cmd_eval,
+        "env": lambda _t: cmd_env(),
+    }
     if command not in commands:
         from llmtune.errors import suggest
 
         print(f"llmtune: unknown command {command!r}{suggest(command, commands)}\n\n{USAGE}", file=sys.stderr)
         return 2
     if any(t in ("-h", "--help") for t in tokens):
+        if command == "eval":
+            from llmtune.eval.config import eval_options_text
+
+            print(eval_options_text())
+            return 0
         from llmtune.hparams.docs import options_text
 
         print(options_text())

@@ -22,6 +22,13 @@ class FinetuningArguments:
         default="lora",
         metadata={"help": "How to train: full, lora, block, sparse, zo, adazeta or loretta."},
     )
+    train_as_classification: bool = field(
+        default=False,
+        metadata={
+            "help": "For choice tasks (sst2, rte, ... in tasks.json): train with cross-entropy over the options' "
+            "mean log-probabilities (MeZO) instead of prompt/completion SFT."
+        },
+    )
     plot_loss: bool = field(
         default=False, metadata={"help": "Write training_loss.png (and eval_loss.png) into output_dir."}
     )

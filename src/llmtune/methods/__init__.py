@@ -1,7 +1,12 @@
 """Finetuning methods: one folder each, all registered in :mod:`llmtune.methods.registry`."""
 
+from llmtune.methods.adazeta.config import AdaZetaArguments
+from llmtune.methods.block.config import BlockArguments
 from llmtune.methods.lora.config import LoraArguments
+from llmtune.methods.loretta.config import LorettaArguments
 from llmtune.methods.registry import METHODS, Method, get_method, method_argument_classes, register
+from llmtune.methods.sparse.config import SparseArguments
+from llmtune.methods.zo.config import ZerothOrderArguments
 
 register(Method("full", "all weights trained with AdamW", prepare="llmtune.methods.full.model:prepare_full"))
 register(
@@ -12,10 +17,53 @@ register(
         prepare="llmtune.methods.lora.model:prepare_lora",
     )
 )
-register(Method("block", "BAdam: Adam on one block of layers at a time", issue=3))
-register(Method("sparse", "BAdam by parameter ratio", issue=3))
-register(Method("zo", "MeZO zeroth-order SGD (ZO-AdaMU optional)", issue=4))
-register(Method("adazeta", "tensor-train adapters with an adaptive query schedule", issue=5))
-register(Method("loretta", "tensor-train adapters / reparameterisation", issue=5))
+register(
+    Method(
+        "block",
+        "BAdam: Adam on one block of layers at a time",
+        arguments=BlockArguments,
+        prepare="llmtune.methods.block.model:prepare_block",
+        trainer="llmtune.methods.block.trainer:BlockTrainer",
+        normalise="llmtune.methods.block.normalise:normalise_badam",  # also reads use_badam for sparse
+    )
+)
+register(
+    Method(
+        "sparse",
+        "BAdam ratio mode: Adam on a sliding fraction of every weight",
+        arguments=SparseArguments,
+        prepare="llmtune.methods.sparse.model:prepare_sparse",
+        trainer="llmtune.methods.sparse.trainer:SparseTrainer",
+    )
+)
+register(
+    Method(
+        "zo",
+        "MeZO zeroth-order SGD (ZO-AdaMU optional): forward passes only",
+        arguments=ZerothOrderArguments,
+        prepare="llmtune.methods.zo.model:prepare_zo",
+        trainer="llmtune.methods.zo.trainer:ZerothOrderTrainer",
+    )
+)
+register(
+    Method(
+        "adazeta",
+        "AdaZeta: zeroth-order training of tensor-train adapters with an adaptive query schedule",
+        arguments=AdaZetaArguments,
+        prepare="llmtune.methods.adazeta.model:prepare_adazeta",
+        trainer="llmtune.methods.adazeta.trainer:AdaZetaTrainer",
+        normalise="llmtune.methods.adazeta.checks:check_adazeta_config",
+        report="llmtune.methods.loretta.model:report_loretta",
+    )
+)
+register(
+    Method(
+        "loretta",
+        "LoRETTA tensor-train adapters (loretta_mode: adapter) or a tensor-train ΔW (reparam)",
+        arguments=LorettaArguments,
+        prepare="llmtune.methods.loretta.model:prepare_loretta",
+        report="llmtune.methods.loretta.model:report_loretta",
+    )
+)
 
 __all__ = ["METHODS", "Method", "get_method", "method_argument_classes", "register"]

@@ -31,6 +31,8 @@ class Method:
         issue: the tracker issue that delivers the method while it is not implemented.
         normalise: ``"module:function"`` taking and returning the raw config dict, rewriting another
             tool's spelling of this method (e.g. LLaMA-Factory's ``use_badam: true``) into llmtune's.
+        report: ``"module:function"`` taking ``(model, args)`` after ``prepare`` and returning one line
+            that ``llmtune train`` logs after the trainable-parameter count, or None.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Method:
     trainer: str = "llmtune.train.trainer:LlmtuneTrainer"
     issue: int | None = None
     normalise: str | None = None
+    report: str | None = None
 
     @property
     def implemented(self) -> bool:
@@ -50,6 +53,9 @@ class Method:
 
     def trainer_class(self) -> type:
         return _import(self.trainer)
+
+    def report_fn(self) -> Callable[..., str]:
+        return _import(self.report)
 
 
 METHODS: dict[str, Method] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from llmtune.errors import LlmtuneError
@@ -13,13 +15,25 @@ class OutOfMemory(LlmtuneError, MemoryError):
     """The GPU ran out of memory; the message says how much the run needs and how to need less."""
 
 
-def estimate_training_bytes(model: torch.nn.Module, optimizer_bytes_per_param: int = 8) -> dict[str, int]:
+def estimate_training_bytes(
+    model: torch.nn.Module,
+    optimizer_bytes_per_param: float = 8,
+    *,
+    trainable: Iterable[torch.nn.Parameter] | None = None,
+    gradient_bytes_per_param: float | None = None,
+) -> dict[str, int]:
     """Bytes for weights, gradients and optimizer state (AdamW: two fp32 moments), no activations.
 
     Returns ``{"weights", "gradients", "optimizer", "total"}``. Activations depend on batch size and
     ``cutoff_len`` and come on top; this is the floor, not the peak.
+
+    ``trainable`` names the parameters that hold gradients and optimizer state at the same time
+    (default: those with ``requires_grad``; BAdam passes its largest block). A gradient costs the
+    parameter's element size unless ``gradient_bytes_per_param`` says otherwise.
     """
-    weights = gradients = optimizer = 0
+    trainable_ids = None if trainable is None else {id(p) for p in trainable}
+    weights = 0
+    gradients = optimizer = 0.0
     seen: set[int] = set()
     for param in model.parameters():
         if id(param) in seen:
@@ -27,14 +41,16 @@ def estimate_training_bytes(model: torch.nn.Module, optimizer_bytes_per_param: i
         seen.add(id(param))
         numel = int(getattr(param, "ds_numel", param.numel()))
         weights += numel * param.element_size()
-        if param.requires_grad:
-            gradients += numel * param.element_size()
+        if param.requires_grad if trainable_ids is None else id(param) in trainable_ids:
+            gradients += numel * (
+                param.element_size() if gradient_bytes_per_param is None else gradient_bytes_per_param
+            )
             optimizer += numel * optimizer_bytes_per_param
     return {
         "weights": weights,
-        "gradients": gradients,
-        "optimizer": optimizer,
-        "total": weights + gradients + optimizer,
+        "gradients": int(gradients),
+        "optimizer": int(optimizer),
+        "total": weights + int(gradients) + int(optimizer),
     }
 
 

@@ -107,7 +107,14 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     logger.info("data: %s", report.summary())
 
     tokenizer = load_tokenizer(args.model)
-    prepared = get_dataset(args.data, tokenizer, seed=args.training.seed)
+    extra: dict[str, Any] = {}
+    if args.finetuning.train_as_classification:
+        from llmtune.train.classification import classification_trainer_kwargs, get_classification_dataset
+
+        prepared = get_classification_dataset(args.data, tokenizer, seed=args.training.seed)
+        extra = classification_trainer_kwargs(args.training, tokenizer)
+    else:
+        prepared = get_dataset(args.data, tokenizer, seed=args.training.seed)
     logger.info("tokenised: %s", prepared.report.summary())
     out = prepare_output_dir(args, resume)
     save_config(out, args)
@@ -123,6 +130,8 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
         f"{total:,}",
         100.0 * trainable / max(total, 1),
     )
+    if method.report is not None:  # a method's own line about what it trains (e.g. the ratio to LoRA)
+        logger.info("%s", method.report_fn()(model, args))
 
     args.training.max_length = None  # rows are already cut to cutoff_len (and counted): TRL must not re-cut
     stop = GracefulStop()
@@ -135,6 +144,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
         callbacks=[JsonlLogCallback(out), stop, *(callbacks or [])],
         finetuning_type=method.name,
         stop_on_nan=args.finetuning.stop_on_nan,
+        **extra,
     )
     with stop.installed():
         try:

@@ -1,11 +1,13 @@
 """``LlmtuneTrainer``: TRL's ``SFTTrainer`` with saves you can trust and a loss you can trust.
 
-It overrides three hooks and nothing else:
+It overrides four hooks and nothing else:
 
 * ``_save_checkpoint`` writes each ``checkpoint-N`` into a staging folder, verifies the weights,
   marks it complete and renames it into place (see :mod:`llmtune.train.checkpoint`);
 * ``save_model`` verifies every weight file it writes;
-* ``training_step`` stops the run on a NaN/inf loss before the bad gradient reaches the weights.
+* ``training_step`` stops the run on a NaN/inf loss before the bad gradient reaches the weights;
+* ``compute_loss`` scores classification batches (``train_as_classification``, see
+  :mod:`llmtune.train.classification`) by cross-entropy over the options.
 
 Method trainers (BAdam, ZO, ...) subclass this one.
 """
@@ -23,6 +25,7 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from llmtune.train import checkpoint as ckpt
+from llmtune.train.classification import compute_classification_loss, is_classification_batch
 
 logger = logging.getLogger("llmtune")
 
@@ -37,6 +40,14 @@ class LlmtuneTrainer(SFTTrainer):
         self.nonfinite_loss: tuple[int, float] | None = None  # (step, loss) of the first NaN/inf loss
         self._staging_dir: str | None = None
         self.add_callback(_OverflowLogger(self))
+
+    # -- classification batches (train_as_classification) ------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Cross-entropy over the options for classification batches, else SFTTrainer's loss."""
+        if is_classification_batch(inputs):
+            return compute_classification_loss(self, model, inputs, return_outputs)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     # -- numerical health ------------------------------------------------------------------------
 

@@ -1,0 +1,286 @@
+"""``BlockOptimizer``: Adam on one block of parameters at a time (BAdam, Luo et al. 2024, Algorithm 1).
+
+A plain ``torch.optim.Optimizer``, usable without a Trainer::
+
+    blocks = partition_blocks(model)            # llmtune.methods.block.partition
+    freeze_outside(model, blocks)
+    optimizer = BlockOptimizer(blocks, lr=1e-5, switch_every=50)
+    for batch in batches:
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+Only the active block has ``requires_grad=True``; every other parameter of the blocks is frozen with
+``.grad = None``. The base optimizer (AdamW unless told otherwise) holds state for the active block
+only and is rebuilt, with fresh state, at every switch. Half-precision (bf16/fp16) weights of the
+active block get an fp32 master copy that the base optimizer updates and that is copied back into the
+weights after each step; fp32 weights are updated in place with no copy.
+
+Switching: every block trains for exactly ``switch_every`` optimizer steps, the first one included.
+(The reference implementation switches when ``(global_step + 1) % K == 0``, which gives the first
+block K-1 steps; llmtune does not.) The block order, the position in it, the step counters and the
+fp32 masters are part of :meth:`state_dict`, so a run resumed from a checkpoint continues with the
+same block, the same Adam state and the same trajectory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from llmtune.errors import CheckpointError, ConfigError, one_of
+from llmtune.methods.block.config import SWITCH_MODES
+from llmtune.methods.block.partition import ParamBlock, is_no_decay, scope_parameters
+
+logger = logging.getLogger("llmtune")
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+DECAY, NO_DECAY = 0, 1  # indices of this optimizer's two parameter groups
+
+
+class BlockOptimizer(torch.optim.Optimizer):
+    """Run ``base_optimizer`` on one :class:`ParamBlock` at a time, switching every ``switch_every`` steps.
+
+    Args:
+        blocks: the blocks, in their numbering (see :func:`~llmtune.methods.block.partition.partition_blocks`).
+        lr: learning rate; an LR scheduler on this optimizer drives the base optimizer's.
+        weight_decay: decoupled weight decay for matrices; biases and norm weights get none.
+        switch_every: optimizer steps per block; 0 never switches.
+        switch_mode: ``random`` (a new permutation of the blocks every pass), ``ascending``,
+            ``descending`` or ``fixed`` (the start block for the whole run, its Adam state kept).
+        start_block: the first block; default: the first of the order (block 0 ascending, the last
+            descending, a random one in random mode).
+        seed: seeds the random orders: the permutation of pass ``k`` depends on ``(seed, k)`` only.
+        base_optimizer: the optimizer class run on the active block (``torch.optim.AdamW``).
+        verbose: 0 silent, 1 log each switch, 2 also log the parameter names.
+        **base_kwargs: passed to ``base_optimizer`` (``betas``, ``eps``, ``fused``, ...).
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[ParamBlock],
+        *,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        switch_every: int = 100,
+        switch_mode: str = "random",
+        start_block: int | None = None,
+        seed: int = 0,
+        base_optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        verbose: int = 0,
+        **base_kwargs: Any,
+    ):
+        if not blocks:
+            raise ValueError("BlockOptimizer needs at least one block")
+        if switch_mode not in SWITCH_MODES:
+            raise one_of("badam_switch_mode", switch_mode, SWITCH_MODES)
+        if start_block is not None and not 0 <= start_block < len(blocks):
+            raise ConfigError(
+                f"badam_start_block: {start_block} must be in 0..{len(blocks) - 1} ({len(blocks)} blocks)"
+            )
+        self.blocks = list(blocks)
+        self.switch_every = max(int(switch_every), 0)
+        self.switch_mode = switch_mode
+        self.start_block = start_block
+        self.seed = int(seed)
+        self.verbose = verbose
+        self.base_optimizer_class = base_optimizer
+
+        scope = scope_parameters(self.blocks)
+        self._group_of = {id(p): NO_DECAY if is_no_decay(n, p) else DECAY for n, p in scope}
+        groups = [
+            {"params": [p for _, p in scope if self._group_of[id(p)] == DECAY], "weight_decay": weight_decay},
+            {"params": [p for _, p in scope if self._group_of[id(p)] == NO_DECAY], "weight_decay": 0.0},
+        ]
+        super().__init__(groups, {"lr": lr, "weight_decay": weight_decay, **base_kwargs})
+
+        self.global_step = 0  # optimizer steps taken
+        self.steps_in_block = 0  # steps taken on the active block
+        self.switches = 0
+        self.pass_index = 0  # which pass over the blocks this is (random mode draws a new order for each)
+        self.order = self._order_for_pass(0)
+        self.position = 0  # index into self.order of the active block
+        self.base: torch.optim.Optimizer
+        self._masters: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._activate(self.order[0])
+
+    # -- what is active ------------------------------------------------------------------------
+
+    @property
+    def current_block(self) -> int:
+        """Index (in ``blocks``) of the block being trained."""
+        return self.order[self.position]
+
+    @property
+    def active_block(self) -> ParamBlock:
+        return self.blocks[self.current_block]
+
+    def fp32_masters(self) -> dict[str, torch.Tensor]:
+        """The fp32 master copies, by parameter name: the active block's half-precision weights only."""
+        masters = {id(param): master for param, master in self._masters}
+        return {name: masters[id(param)] for name, param in self.active_block.params if id(param) in masters}
+
+    def optimizer_state_bytes(self) -> int:
+        """Bytes held by the base optimizer's state and the fp32 masters (the active block's only)."""
+        total = sum(m.numel() * m.element_size() for _, m in self._masters)
+        for state in self.base.state.values():
+            total += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
+        return total
+
+    # -- the step ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One base-optimizer step on the active block; switch blocks after ``switch_every`` of them."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._sync_hyperparameters()
+        for param, master in self._masters:
+            if param.grad is not None:
+                master.grad = param.grad.to(torch.float32)
+                param.grad = None  # the fp32 copy is the one used from here on
+        self.base.step()
+        for param, master in self._masters:
+            param.copy_(master)
+            master.grad = None
+        self.global_step += 1
+        self.steps_in_block += 1
+        if self.switch_every and self.switch_mode != "fixed" and self.steps_in_block >= self.switch_every:
+            self._advance()
+        return loss
+
+    def _sync_hyperparameters(self) -> None:
+        # The LR scheduler (and a user) change this optimizer's groups; the base optimizer follows them.
+        for base_group in self.base.param_groups:
+            own = self.param_groups[base_group["llmtune_group"]]
+            base_group.update({k: v for k, v in own.items() if k != "params"})
+
+    # -- switching -----------------------------------------------------------------------------
+
+    def _order_for_pass(self, pass_index: int) -> list[int]:
+        n = len(self.blocks)
+        if self.switch_mode == "fixed":
+            return [self.start_block or 0]
+        if self.switch_mode == "ascending":
+            start = self.start_block or 0
+            return [(start + i) % n for i in range(n)]
+        if self.switch_mode == "descending":
+            start = n - 1 if self.start_block is None else self.start_block
+            return [(start - i) % n for i in range(n)]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + pass_index)
+        order = torch.randperm(n, generator=generator).tolist()
+        if pass_index == 0 and self.start_block is not None:
+            order.remove(self.start_block)
+            order.insert(0, self.start_block)
+        return order
+
+    def _advance(self) -> None:
+        self.position += 1
+        if self.position >= len(self.order):
+            self.pass_index += 1
+            self.order = self._order_for_pass(self.pass_index)
+            self.position = 0
+        self.steps_in_block = 0
+        self.switches += 1
+        self._activate(self.current_block)
+
+    def _activate(self, index: int) -> None:
+        """Make block ``index`` the only trainable one, with fresh masters and fresh optimizer state."""
+        self.__dict__.pop("base", None)  # free the previous block's state and masters before making new ones
+        self._masters = []
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.requires_grad_(False)
+                param.grad = None
+        block = self.blocks[index]
+        targets: list[list[torch.Tensor]] = [[], []]
+        for _, param in block.params:
+            param.requires_grad_(True)
+            target = param
+            if param.dtype in HALF_DTYPES:
+                target = param.detach().to(torch.float32, copy=True)
+                self._masters.append((param, target))
+            targets[self._group_of[id(param)]].append(target)
+        groups = [
+            {"params": params, "llmtune_group": i, **{k: v for k, v in self.param_groups[i].items() if k != "params"}}
+            for i, params in enumerate(targets)
+            if params
+        ]
+        self.base = self.base_optimizer_class(groups, **self.defaults)
+        if self.verbose:
+            logger.info(
+                "BAdam: training block %d/%d (%s, %s parameters) from step %d",
+                index + 1,
+                len(self.blocks),
+                block.name,
+                f"{block.numel:,}",
+                self.global_step + 1,
+            )
+        if self.verbose >= 2:
+            logger.info("BAdam: trainable: %s", ", ".join(name for name, _ in block.params))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state, the fp32 masters, and where the block schedule stands."""
+        return {
+            "badam": {
+                "kind": "block",
+                "names": [block.name for block in self.blocks],
+                "switch_mode": self.switch_mode,
+                "order": list(self.order),
+                "position": self.position,
+                "pass_index": self.pass_index,
+                "steps_in_block": self.steps_in_block,
+                "global_step": self.global_step,
+                "switches": self.switches,
+                "seed": self.seed,
+            },
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
+            "base": self.base.state_dict(),
+            "masters": [master for _, master in self._masters],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`: the same block, step counters, masters and Adam state."""
+        schedule = saved_schedule(state_dict, "block", [block.name for block in self.blocks])
+        self.switch_mode = schedule["switch_mode"]
+        self.order = [int(i) for i in schedule["order"]]
+        for key in ("position", "pass_index", "steps_in_block", "global_step", "switches", "seed"):
+            setattr(self, key, int(schedule[key]))
+        for group, saved in zip(self.param_groups, state_dict["param_groups"], strict=True):
+            group.update(saved)
+        self._activate(self.current_block)
+        for (_, master), saved in zip(self._masters, state_dict["masters"], strict=True):
+            master.copy_(saved)
+        self.base.load_state_dict(state_dict["base"])
+
+
+def saved_schedule(state_dict: dict[str, Any], kind: str, names: list[str]) -> dict[str, Any]:
+    """The ``badam`` part of a saved optimizer state, checked against this run.
+
+    ``kind`` is ``block`` or ``ratio``; ``names`` are the blocks (or parameters) the state must be for.
+    Raises a one-line :class:`CheckpointError` when another optimizer or another partition wrote it.
+    """
+    schedule = state_dict.get("badam") if isinstance(state_dict, dict) else None
+    if not schedule or schedule.get("kind") != kind:
+        method = {"block": "block", "ratio": "sparse"}[kind]
+        raise CheckpointError(
+            f"resume_from_checkpoint: its optimizer state was not written by finetuning_type: {method}; "
+            "resume with the finetuning_type that wrote it"
+        )
+    if list(schedule["names"]) != names:
+        raise CheckpointError(
+            f"resume_from_checkpoint: the optimizer state is for {_shorten(list(schedule['names']))}, but this run "
+            f"trains {_shorten(names)}; resume with the same model and badam_* options"
+        )
+    return schedule
+
+
+def _shorten(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])}, ... ({len(names)} in all)"

@@ -1,0 +1,100 @@
+"""``BlockTrainer``: the training path's trainer with a :class:`BlockOptimizer`.
+
+It overrides ``create_optimizer`` only (and, when activation checkpointing is on, drops the hook
+that makes the frozen embedding's output require a gradient). The optimizer (and with it the block schedule, the fp32
+masters and the Adam state of the active block) is saved into every checkpoint's ``optimizer.pt`` by
+the Trainer as any optimizer is, and restored from it on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from llmtune.errors import ConfigError
+from llmtune.methods.block.model import BadamSetup, badam_setup
+from llmtune.methods.block.normalise import refuse_unsupported
+from llmtune.methods.block.optimizer import HALF_DTYPES, BlockOptimizer
+from llmtune.train.memory import estimate_training_bytes
+from llmtune.train.trainer import LlmtuneTrainer
+
+logger = logging.getLogger("llmtune")
+
+# Keys of Trainer.get_optimizer_cls_and_kwargs that mean the optimizer wants the whole model, not a block.
+_WHOLE_MODEL_KEYS = ("params", "model", "optimizer_dict")
+
+
+class BlockTrainer(LlmtuneTrainer):
+    """``LlmtuneTrainer`` whose optimizer trains one block at a time (``finetuning_type: block``)."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            setup = badam_setup(self.model)
+            # Checked when the config was read; again here for trainers built by hand.
+            refuse_unsupported(
+                setup.kind, {"deepspeed": self.args.deepspeed, "fsdp": self.args.fsdp}, world_size=self.args.world_size
+            )
+            self.optimizer = self.build_optimizer(setup, self.args)
+            self._stop_backward_at_the_active_block()
+            self._warn_about_untrained_blocks(setup)
+        return self.optimizer
+
+    @classmethod
+    def build_optimizer(cls, setup: BadamSetup, args) -> torch.optim.Optimizer:
+        """A :class:`BlockOptimizer` running ``args.optim`` (AdamW by default) on each block; ``args``
+        are the TrainingArguments (usable without a trainer, e.g. by the benchmark)."""
+        base_class, base_kwargs = cls.get_optimizer_cls_and_kwargs(args)
+        if any(key in base_kwargs for key in _WHOLE_MODEL_KEYS) or not isinstance(base_class, type):
+            optim = str(getattr(args.optim, "value", args.optim))
+            raise ConfigError(f"optim: {optim!r} needs the whole model and cannot run block by block; use adamw_torch")
+        options = setup.block
+        return BlockOptimizer(
+            setup.blocks,
+            weight_decay=args.weight_decay,
+            switch_every=options.switch_every,
+            switch_mode=options.badam_switch_mode,
+            start_block=options.badam_start_block,
+            seed=setup.seed,
+            base_optimizer=base_class,
+            verbose=options.badam_verbose,
+            **base_kwargs,
+        )
+
+    def _warn_about_untrained_blocks(self, setup: BadamSetup) -> None:
+        # BAdam's known pitfall on small datasets: too few steps for every block to get its turn.
+        every, blocks, steps = setup.block.switch_every, len(setup.blocks), self.state.max_steps
+        if setup.kind != "block" or not every or setup.block.badam_switch_mode == "fixed":
+            return
+        trained = -(-steps // every)  # blocks that get at least one step
+        if 0 < trained < blocks:
+            logger.warning(
+                "finetuning_type: block: %d steps at badam_switch_interval %d train only %d of the %d blocks; "
+                "lower badam_switch_interval to about %d to train them all",
+                steps,
+                every,
+                trained,
+                blocks,
+                max(1, steps // blocks),
+            )
+
+    def _stop_backward_at_the_active_block(self) -> None:
+        # With activation checkpointing on, transformers makes the embedding output require a gradient
+        # so that reentrant checkpointed layers get one. Non-reentrant checkpointing (its default) does
+        # not need that; without it the backward pass stops at the lowest trainable layer instead of
+        # running down to the frozen embedding, which is where BAdam saves backward time.
+        kwargs = getattr(self.args, "activation_checkpointing_kwargs", None) or {}
+        if getattr(self.model, "_require_grads_hook", None) is not None and not kwargs.get("use_reentrant", False):
+            self.model.disable_input_require_grads()
+
+    @classmethod
+    def memory_estimate(cls, model: torch.nn.Module) -> dict[str, int]:
+        """Weights, and gradients and optimizer state of the largest block (fp32 master and its gradient
+        on top of AdamW's two moments when the weights are half precision)."""
+        largest = max(badam_setup(model).blocks, key=lambda block: block.numel)
+        half = any(param.dtype in HALF_DTYPES for _, param in largest.params)
+        estimate = estimate_training_bytes(
+            model, optimizer_bytes_per_param=16 if half else 8, trainable=[p for _, p in largest.params]
+        )
+        estimate["trainable_at_once"] = largest.numel
+        return estimate

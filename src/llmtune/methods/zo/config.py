@@ -1,0 +1,117 @@
+"""Options of ``finetuning_type: zo`` (MeZO, Malladi et al. 2023; ZO-AdaMU, Jiang et al. 2024)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmtune.errors import ConfigError, one_of
+
+ZO_TARGETS = ("full", "lora", "prefix")
+ZO_OPTIMIZERS = ("sgd", "adamu")
+ZO_OBJECTIVES = ("loss", "accuracy", "f1")
+
+
+@dataclass
+class ZerothOrderArguments:
+    """What a zeroth-order run trains, how it perturbs, and how it guards against divergence.
+
+    The learning rate, its schedule, weight decay and the seed are the shared training options
+    (``learning_rate``, ``lr_scheduler_type``, ``weight_decay``, ``seed``).
+    """
+
+    zo_target: str = field(
+        default="full",
+        metadata={
+            "help": "What zo trains: full (every weight), lora (LoRA adapters, shaped by the lora_* options) "
+            "or prefix (prefix tuning with zo_prefix_tokens virtual tokens)."
+        },
+    )
+    zo_eps: float = field(
+        default=1e-3,
+        metadata={"help": "Perturbation scale eps of the SPSA estimate (L(w+eps*z) - L(w-eps*z)) / (2*eps)."},
+    )
+    zo_num_queries: int = field(
+        default=1,
+        metadata={"help": "Independent perturbations per step (2 forwards each); the update averages them."},
+    )
+    zo_optimizer: str = field(
+        default="sgd",
+        metadata={"help": "Update rule: sgd (MeZO) or adamu (ZO-AdaMU: momentum and uncertainty in the perturbation)."},
+    )
+    zo_objective: str = field(
+        default="loss",
+        metadata={
+            "help": "What the two forwards evaluate: loss (the model's loss; with train_as_classification the "
+            "cross-entropy over the options), accuracy (minus the share of examples whose best-scored option "
+            "is right; needs train_as_classification) or f1 (minus the token F1 of generated answers)."
+        },
+    )
+    zo_prefix_tokens: int = field(
+        default=5, metadata={"help": "Virtual tokens of zo_target: prefix (initialised from real activations)."}
+    )
+    zo_max_grad_ratio: float = field(
+        default=50.0,
+        metadata={
+            "help": "Skip an update whose projected gradient exceeds this many times its running scale (0: never); "
+            "a NaN/inf loss is always skipped."
+        },
+    )
+    zo_max_skips: int = field(
+        default=5,
+        metadata={"help": "Skipped updates in a row that stop the run (with stop_on_nan) instead of training on."},
+    )
+    zo_max_new_tokens: int = field(
+        default=32, metadata={"help": "zo_objective: f1: tokens generated per answer (greedy)."}
+    )
+    zo_adamu_alpha: float = field(
+        default=0.5,
+        metadata={"help": "adamu: final uncertainty weight alpha (variance of the zero-centred perturbation)."},
+    )
+    zo_adamu_beta1: float = field(
+        default=0.9, metadata={"help": "adamu: final weight beta1 of the zero-centred part of the perturbation."}
+    )
+    zo_adamu_beta2: float = field(
+        default=0.01, metadata={"help": "adamu: final weight beta2 of the zero-centred part of the second moment."}
+    )
+    zo_adamu_warmup_steps: int = field(
+        default=1024,
+        metadata={"help": "adamu: steps T1 with alpha = beta1 = beta2 = 1 before the cosine annealing starts."},
+    )
+    zo_adamu_anneal_end: float = field(
+        default=0.8,
+        metadata={
+            "help": "adamu: step T2 where annealing ends and the final weights hold: a fraction of the training "
+            "steps (<= 1) or a step count (> 1)."
+        },
+    )
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("zo_target", ZO_TARGETS),
+            ("zo_optimizer", ZO_OPTIMIZERS),
+            ("zo_objective", ZO_OBJECTIVES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise one_of(name, getattr(self, name), allowed)
+        _check(self.zo_eps > 0 and self.zo_eps != float("inf"), f"zo_eps: {self.zo_eps} must be > 0")
+        for name in ("zo_num_queries", "zo_prefix_tokens", "zo_max_skips", "zo_max_new_tokens"):
+            _check(getattr(self, name) >= 1, f"{name}: {getattr(self, name)} must be a positive integer")
+        _check(self.zo_max_grad_ratio >= 0, f"zo_max_grad_ratio: {self.zo_max_grad_ratio} must be >= 0 (0: never)")
+        for name in ("zo_adamu_alpha", "zo_adamu_beta1", "zo_adamu_beta2"):
+            _check(0 <= getattr(self, name) <= 1, f"{name}: {getattr(self, name)} must be in [0, 1]")
+        _check(self.zo_adamu_warmup_steps >= 0, f"zo_adamu_warmup_steps: {self.zo_adamu_warmup_steps} must be >= 0")
+        _check(
+            0 < self.zo_adamu_anneal_end < float("inf"),
+            f"zo_adamu_anneal_end: {self.zo_adamu_anneal_end} must be a fraction in (0, 1] or a step count",
+        )
+        if self.zo_optimizer == "adamu" and self.zo_num_queries != 1:
+            raise ConfigError(
+                f"zo_num_queries: {self.zo_num_queries} is not supported with zo_optimizer: adamu "
+                "(its momentum follows one perturbation per step); use 1 or zo_optimizer: sgd"
+            )
+
+
+def _check(condition: bool, message: str) -> None:
+    # Written as "not (x > 0)" style checks so that NaN fails them too.
+    if not condition:
+        raise ConfigError(message)

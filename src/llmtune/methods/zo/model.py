@@ -1,0 +1,92 @@
+"""Prepare a model for ``finetuning_type: zo``: choose what is trained (``zo_target``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmtune.errors import ConfigError
+
+# The prepared model carries its zo options here, for the trainer (as PEFT models carry ``peft_config``).
+ZO_ARGUMENTS_ATTR = "zo_arguments"
+
+
+def prepare_zo(model: Any, args: Any) -> Any:
+    """Return ``model`` ready for zeroth-order training, with ``model.zo_arguments`` set.
+
+    ``zo_target: full`` trains every weight (float32, as ``finetuning_type: full``); ``lora`` wraps
+    the model with LoRA adapters exactly as ``finetuning_type: lora`` does (the ``lora_*`` options);
+    ``prefix`` adds ``zo_prefix_tokens`` PEFT prefix-tuning tokens initialised from the model's own
+    keys and values of random vocabulary tokens (MeZO's ``init_by_real_act``). Trainable weights
+    stay float32 whatever ``bf16``/``fp16`` say (those set the precision of the forward passes).
+    """
+    zo = args.methods["zo"]
+    _refuse_unsupported(args, zo)
+    if zo.zo_target == "full":
+        from llmtune.methods.full.model import prepare_full
+
+        model = prepare_full(model, args)
+    elif zo.zo_target == "lora":
+        from llmtune.methods.lora.model import prepare_lora
+
+        model = prepare_lora(model, args)
+    else:
+        model = prepare_prefix(model, zo.zo_prefix_tokens)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    setattr(model, ZO_ARGUMENTS_ATTR, zo)
+    return model
+
+
+def _refuse_unsupported(args: Any, zo: Any) -> None:
+    training = args.training
+    if training.deepspeed:
+        raise ConfigError(
+            "deepspeed: not supported with finetuning_type: zo (it keeps no gradients or optimizer states to "
+            "shard); remove deepspeed"
+        )
+    if training.fsdp:
+        raise ConfigError("fsdp: not supported with finetuning_type: zo; remove fsdp")
+    if zo.zo_target == "lora" and args.methods["lora"].use_dora:
+        raise ConfigError(
+            "use_dora: true is not supported with zo_target: lora (DoRA reads its weights outside the adapter "
+            "modules' forward, where zo's perturbation does not reach); set use_dora: false"
+        )
+
+
+def prepare_prefix(model: Any, num_tokens: int) -> Any:
+    """Wrap ``model`` with PEFT prefix tuning, the prefix set to real keys and values (MeZO's init).
+
+    The prefix of layer ``l`` is the key/value cache the model itself computes for ``num_tokens``
+    random vocabulary tokens, so the model starts near its own behaviour instead of attending to
+    N(0, 1) noise.
+    """
+    from peft import PrefixTuningConfig, get_peft_model
+
+    peft_model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_tokens))
+    config = peft_model.peft_config[peft_model.active_adapter]
+    embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
+    vocab = model.get_input_embeddings().weight.shape[0]
+    tokens = torch.randint(0, vocab, (1, num_tokens), device=embedding.weight.device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        outputs = model(input_ids=tokens, use_cache=True)
+        cache = getattr(outputs, "cache", None)  # transformers >= 5.x; past_key_values before
+        cache = outputs.past_key_values if cache is None else cache
+        layers = []
+        for layer in range(config.num_layers):
+            keys, values = cache.layers[layer].keys, cache.layers[layer].values  # [1, heads, n, head_dim]
+            layers += [keys[0], values[0]]
+        stacked = torch.stack(layers)  # [layers * 2, heads, n, head_dim]
+        rows = stacked.permute(2, 0, 1, 3).reshape(num_tokens, -1)
+        if rows.shape != embedding.weight.shape:
+            raise ConfigError(
+                f"zo_target: prefix: this model's cache has shape {tuple(rows.shape)} per prefix, PEFT expects "
+                f"{tuple(embedding.weight.shape)}; use zo_target: lora"
+            )
+        embedding.weight.copy_(rows)
+    model.train(was_training)
+    return peft_model

@@ -1,0 +1,181 @@
+"""``ZerothOrderTrainer``: llmtune's trainer with MeZO's two forward passes in place of the backward.
+
+It overrides ``training_step`` (the SPSA estimate on each micro-batch) and ``create_optimizer``
+(a :mod:`~llmtune.methods.zo.optimizer` optimizer, whose ``step()`` HF's loop calls as usual and
+whose ``state_dict()`` carries the seed stream into ``optimizer.pt``). Gradient clipping and the
+gradient norm do not apply (there are no gradients): ``_clip_grad_norm`` and ``_get_grad_norm``
+return None, and the logs carry ``zo_projected_grad``, ``zo_loss_plus``, ``zo_loss_minus`` and
+``zo_skipped`` (the share of skipped updates) instead.
+
+The forwards run in eval mode (dropout off, so both see the same network) under ``torch.no_grad``,
+with the run's mixed precision (``bf16``/``fp16`` autocast); the trainable weights stay float32.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from llmtune.errors import NotImplementedYetError, NumericalError
+from llmtune.methods.zo import objectives
+from llmtune.methods.zo.adamu import ZerothOrderAdaMU
+from llmtune.methods.zo.config import ZerothOrderArguments
+from llmtune.methods.zo.model import ZO_ARGUMENTS_ATTR
+from llmtune.methods.zo.optimizer import ZerothOrderSGD
+from llmtune.train import checkpoint as ckpt
+from llmtune.train.trainer import LlmtuneTrainer
+
+logger = logging.getLogger("llmtune")
+
+
+class ZerothOrderTrainer(LlmtuneTrainer):
+    """Forward-only fine-tuning: MeZO / ZO-AdaMU on the model's loss or a non-differentiable metric.
+
+    The options come from ``zo_arguments`` or, when the model was prepared by
+    :func:`~llmtune.methods.zo.model.prepare_zo`, from ``model.zo_arguments``.
+    """
+
+    def __init__(self, *args, zo_arguments: ZerothOrderArguments | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.zo_args = zo_arguments or getattr(self.model, ZO_ARGUMENTS_ATTR, None) or ZerothOrderArguments()
+        _check_batch_contract(self.zo_args.zo_objective, self.train_dataset)
+        # fp16's loss scaler would find no gradients to unscale and refuse to step; zo has nothing to scale.
+        if getattr(self.accelerator, "scaler", None) is not None:
+            self.accelerator.scaler = None
+        self.zo_optimizer: ZerothOrderSGD | None = None
+        self.add_callback(_ZerothOrderMonitor(self))
+
+    # -- the optimizer --------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.optimizer = self.zo_optimizer = build_optimizer(
+                self.zo_args,
+                _parameter_groups(self, model or self.model),
+                lr=self.args.learning_rate,
+                seed=self.args.seed,
+                total_steps=self.state.max_steps,
+            )
+            if isinstance(self.zo_optimizer, ZerothOrderAdaMU):
+                logger.info(
+                    "zo_optimizer: adamu keeps momentum buffers of %.1f MiB", self.zo_optimizer.momentum_bytes / 2**20
+                )
+        return self.optimizer
+
+    def _clip_grad_norm(self, model):
+        return None  # no gradients exist
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        return None
+
+    # -- one micro-batch ------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Estimate the projected gradient on ``inputs`` (2 forwards per query); return the mean loss."""
+        optimizer = self.zo_optimizer
+        inputs = self._prepare_inputs(inputs)
+        scaled_by_tokens = self.zo_args.zo_objective == "loss" and (
+            self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        )
+        share = 1.0 if scaled_by_tokens else 1.0 / self.current_gradient_accumulation_steps
+
+        def objective() -> torch.Tensor:
+            with self.compute_loss_context_manager():
+                return self.zo_objective(model, inputs, num_items_in_batch if scaled_by_tokens else None) * share
+
+        model.eval()  # dropout off: both forwards see the same network
+        try:
+            estimates = [optimizer.estimate(model, objective, query) for query in range(optimizer.num_queries)]
+        finally:
+            model.train()  # as HF's training_step leaves it (logging reads the mode)
+        loss = sum((plus + minus) / 2 for plus, minus, _ in estimates) / len(estimates)
+        return torch.tensor(loss, device=self.args.device)
+
+    def zo_objective(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """The value both forwards compute (see :mod:`~llmtune.methods.zo.objectives`)."""
+        kind = self.zo_args.zo_objective
+        if kind == "loss":
+            return objectives.language_model_loss(model, inputs, num_items_in_batch)
+        if kind == "accuracy":
+            return objectives.negative_accuracy(model, inputs)
+        return objectives.negative_f1(model, inputs, self.processing_class, self.zo_args.zo_max_new_tokens)
+
+
+def build_optimizer(
+    zo: ZerothOrderArguments, params, *, lr: float, seed: int, total_steps: int | None = None
+) -> ZerothOrderSGD:
+    """The optimizer ``zo_optimizer`` names, with the ``zo_*`` options."""
+    common = {"lr": lr, "eps": zo.zo_eps, "seed": seed, "max_grad_ratio": zo.zo_max_grad_ratio}
+    if zo.zo_optimizer == "adamu":
+        return ZerothOrderAdaMU(
+            params,
+            **common,
+            alpha=zo.zo_adamu_alpha,
+            beta1=zo.zo_adamu_beta1,
+            beta2=zo.zo_adamu_beta2,
+            warmup_steps=zo.zo_adamu_warmup_steps,
+            anneal_end=zo.zo_adamu_anneal_end,
+            total_steps=total_steps,
+        )
+    return ZerothOrderSGD(params, **common, num_queries=zo.zo_num_queries)
+
+
+def _parameter_groups(trainer: LlmtuneTrainer, model: torch.nn.Module) -> list[dict]:
+    """Trainable parameters with ``weight_decay``, and biases/norms without (as HF's Trainer groups them)."""
+    decay = set(trainer.get_decay_parameter_names(model))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in trainable if n in decay], "weight_decay": trainer.args.weight_decay},
+        {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def _check_batch_contract(objective: str, dataset) -> None:
+    needed = objectives.BATCH_KEYS[objective]
+    columns = set(getattr(dataset, "column_names", None) or ())
+    if objective == "accuracy" and {"option_ids", "label"} <= columns:
+        return  # train_as_classification features: the classification collator makes option batches
+    missing = [key for key in needed if key not in columns]
+    if missing:
+        raise NotImplementedYetError(
+            f"zo_objective: {objective!r} needs batches with {' and '.join(needed)}"
+            + (
+                " or train_as_classification: true on a choice task"
+                if objective == "accuracy"
+                else " (QA data, issue #6)"
+            )
+            + "; this training data has none: use zo_objective: loss"
+        )
+
+
+class _ZerothOrderMonitor(TrainerCallback):
+    """After each optimizer step: log the estimate, warn about skipped updates, stop after too many."""
+
+    def __init__(self, trainer: ZerothOrderTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        optimizer, report = trainer.zo_optimizer, trainer.zo_optimizer.last_report
+        metrics = trainer._metrics["train"]
+        metrics["zo_loss_plus"].append(report.loss_plus)
+        metrics["zo_loss_minus"].append(report.loss_minus)
+        metrics["zo_projected_grad"].append(sum(report.projected_grads) / len(report.projected_grads))
+        metrics["zo_skipped"].append(float(report.skipped is not None))
+        if report.skipped is None:
+            return
+        step = state.global_step + 1
+        logger.warning("zo: step %d: update skipped: %s", step, report.skipped)
+        skips = optimizer.consecutive_skips
+        if trainer.stop_on_nan and skips >= trainer.zo_args.zo_max_skips:
+            last = ckpt.latest_complete_checkpoint(Path(args.output_dir), warn=False)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before them"
+            raise NumericalError(
+                f"zo: {skips} updates in a row were skipped (steps {step - skips + 1}-{step}; last: {report.skipped}); "
+                f"training stopped with the weights of step {step - skips} and {kept}. Lower learning_rate or "
+                "zo_eps, or raise zo_max_grad_ratio"
+            )

@@ -1,0 +1,234 @@
+"""``llmtune estimate``: the GPU memory a config's training run needs, found without loading any weights.
+
+The model is built on PyTorch's meta device from its ``config.json`` alone (shapes, no storage) and
+readied by the method's own ``prepare`` function, so the estimate sees the parameters, dtypes and
+trainable set the real run would have. Weights, gradients and optimizer state come from the method
+trainer's ``memory_estimate`` classmethod (``model -> {"weights", "gradients", "optimizer", "total"}``;
+BAdam counts its largest block, ``sparse`` its selected entries), or, for a method that uses the plain
+``LlmtuneTrainer``, from :func:`llmtune.train.memory.estimate_training_bytes` (AdamW on every
+trainable parameter); a method with a trainer of its own and no ``memory_estimate`` is not estimated. Activations are a first-order count, see :func:`activation_bytes`. The total
+leaves out the CUDA context and allocator slack (typically 0.5-2 GiB).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llmtune.errors import ConfigError, LlmtuneError, NotImplementedYetError
+from llmtune.hparams.parser import RunArguments, coerce, parse_args, parse_cli_overrides, read_config_file
+from llmtune.train.memory import GIB, estimate_training_bytes
+from llmtune.train.trainer import LlmtuneTrainer
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes one training process needs, by kind, for one model, method, batch and sequence length."""
+
+    finetuning_type: str
+    parameters: int
+    trainable: int  # parameters trained at some point of the run
+    trainable_at_once: int  # parameters holding gradients and optimizer state at the same time
+    weight_dtype: str
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    batch_size: int
+    sequence_length: int
+    checkpointing: bool
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def report(self) -> list[str]:
+        """The estimate as aligned text lines (GiB)."""
+        when = "with" if self.checkpointing else "without"
+        rows = [
+            ("weights", self.weights, self.weight_dtype),
+            ("gradients", self.gradients, ""),
+            ("optimizer state", self.optimizer, ""),
+            (
+                "activations",
+                self.activations,
+                f"batch {self.batch_size} x {self.sequence_length} tokens, {when} gradient checkpointing",
+            ),
+        ]
+        lines = [
+            f"finetuning_type: {self.finetuning_type}: {_count(self.parameters)} parameters, {_count(self.trainable)} "
+            f"trained, {_count(self.trainable_at_once)} at a time"
+        ]
+        lines += [f"  {name:<16} {format_bytes(value):>10}  {note}".rstrip() for name, value, note in rows]
+        lines.append(f"  {'total':<16} {format_bytes(self.total):>10}  (plus the CUDA context and allocator slack)")
+        return lines
+
+
+DEFAULT_GPU_MEMORY_GB = 24.0  # one RTX 3090 / 4090, BAdam's target
+
+
+def fits_line(total_bytes: int, gpu_memory_gb: float) -> str:
+    """Whether ``total_bytes`` fits a GPU of ``gpu_memory_gb`` GB (10^9 bytes, as vendors count)."""
+    need = total_bytes / 1e9
+    verdict = "fits" if need <= gpu_memory_gb else "does NOT fit"
+    return f"{verdict} a {gpu_memory_gb:g} GB GPU ({need:.1f} GB needed; --gpu_memory_gb to change)"
+
+
+def load_estimate_arguments(tokens: list[str]) -> RunArguments:
+    """``llmtune estimate`` argv -> arguments. bf16/fp16 are taken as asked, even on a machine without a GPU."""
+    config_path, overrides = parse_cli_overrides(tokens)
+    config = read_config_file(config_path) if config_path else {}
+    config.update(overrides)
+    precision = {key: config.pop(key) for key in ("bf16", "fp16") if key in config}
+    gpu_memory_gb = config.pop("gpu_memory_gb", DEFAULT_GPU_MEMORY_GB)
+    args = parse_args(config, for_training=False)
+    args.gpu_memory_gb = coerce("gpu_memory_gb", gpu_memory_gb, float)  # this command's own option
+    for key, value in precision.items():  # the run is estimated, not started: no device check
+        setattr(args.training, key, bool(_coerce_bool(key, value)))
+    if not args.model.model_name_or_path:
+        raise ConfigError("model_name_or_path: required (a hub id, a local folder, or llmtune/tiny-llama)")
+    return args
+
+
+def load_model_config(args: RunArguments) -> Any:
+    """The model's config (``config.json``) only: a few kB from the hub or the local folder."""
+    from transformers import AutoConfig
+
+    from llmtune.model import resolve_model_path
+
+    name = args.model.model_name_or_path
+    try:
+        return AutoConfig.from_pretrained(
+            resolve_model_path(args.model),
+            revision=args.model.model_revision,
+            cache_dir=args.model.cache_dir,
+            trust_remote_code=bool(args.model.trust_remote_code),
+        )
+    except LlmtuneError:
+        raise
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model_name_or_path: cannot read the config of {name!r}: {first}") from None
+
+
+def estimate_memory(
+    args: RunArguments, model_config: Any | None = None, finetuning_type: str | None = None
+) -> MemoryEstimate:
+    """Estimate the memory of training with ``args`` (as ``finetuning_type`` when given).
+
+    ``model_config`` (a transformers config) skips reading the model's ``config.json``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from llmtune.methods import get_method
+    from llmtune.model import count_parameters
+
+    method = get_method(finetuning_type or args.finetuning.finetuning_type)
+    config = model_config if model_config is not None else load_model_config(args)
+    with torch.device("meta"), _quiet():
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=torch.float32, trust_remote_code=bool(args.model.trust_remote_code)
+        )
+        model = method.prepare_fn()(model, args)
+    trainer = method.trainer_class()
+    profile = getattr(trainer, "memory_estimate", None)
+    if profile is None and trainer is not LlmtuneTrainer:
+        # A trainer of its own may keep gradients and optimizer state quite unlike AdamW's.
+        raise NotImplementedYetError(
+            f"llmtune estimate: finetuning_type: {method.name} has no memory model yet "
+            f"({trainer.__name__} defines no memory_estimate)"
+        )
+    states = profile(model) if profile is not None else estimate_training_bytes(model)
+    trainable, total = count_parameters(model)
+    half = bool(args.training.bf16 or args.training.fp16)
+    checkpointing = bool(getattr(args.training, "activation_checkpointing", False))
+    batch, length = args.training.per_device_train_batch_size, args.data.cutoff_len
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    return MemoryEstimate(
+        finetuning_type=method.name,
+        parameters=total,
+        trainable=trainable,
+        trainable_at_once=states.get("trainable_at_once", trainable),
+        weight_dtype=" and ".join(dtypes),
+        weights=states["weights"],
+        gradients=states["gradients"],
+        optimizer=states["optimizer"],
+        activations=activation_bytes(config, batch, length, checkpointing=checkpointing, value_bytes=2 if half else 4),
+        batch_size=batch,
+        sequence_length=length,
+        checkpointing=checkpointing,
+    )
+
+
+def compare_methods(args: RunArguments, model_config: Any) -> dict[str, MemoryEstimate]:
+    """The estimate of every implemented finetuning type for the same model, batch and options."""
+    from llmtune.methods import METHODS
+
+    found = {}
+    for name, method in METHODS.items():
+        if not method.implemented:
+            continue
+        try:
+            found[name] = estimate_memory(args, model_config, name)
+        except Exception:  # noqa: BLE001 - a method that cannot prepare a meta model is left out of the comparison
+            continue
+    return found
+
+
+def activation_bytes(
+    config: Any, batch_size: int, sequence_length: int, *, checkpointing: bool, value_bytes: int
+) -> int:
+    """Activations kept for the backward pass of a decoder-only transformer, to first order.
+
+    Per token and layer a Llama-style layer keeps (with SDPA/flash attention, no attention matrix):
+    the inputs and outputs of its two norms (4h), queries and attention output (2q), keys and values
+    (2kv), and the gate, up, activated gate and product of its MLP (4i). With gradient checkpointing
+    only each layer's input (h) is kept, plus one layer's worth while it is recomputed. The logits add
+    ``vocab`` values in the compute dtype, an fp32 copy for the loss and its fp32 gradient. BAdam's
+    lowest block keeps as much as full fine-tuning (the other blocks keep less: layers below the
+    active one record nothing).
+    """
+    hidden = config.hidden_size
+    layers = config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    per_layer = 4 * hidden + 2 * heads * head_dim + 2 * kv_heads * head_dim + 4 * intermediate
+    tokens = batch_size * sequence_length
+    kept = layers * hidden + per_layer if checkpointing else layers * per_layer
+    logits = config.vocab_size * (value_bytes + 4 + 4)
+    return tokens * (kept * value_bytes + hidden * value_bytes + logits)
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in GiB, or MiB below one GiB."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def _coerce_bool(key: str, value: Any) -> bool:
+    from llmtune.hparams.parser import coerce
+
+    return coerce(key, value, bool)
+
+
+@contextmanager
+def _quiet():
+    # prepare() logs (and libraries warn about) what it does to a real model; for a meta model that is noise.
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)

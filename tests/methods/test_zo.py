@@ -1,0 +1,475 @@
+"""``finetuning_type: zo``: the SPSA estimate, the sgd/adamu updates, the guard, the objectives, the wiring.
+
+The shared promises (the loss falls, reload, resume) are in ``test_matrix.py``; these tests check
+what is particular to zeroth-order training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from llmtune.errors import ConfigError, NotImplementedYetError, NumericalError, TrainingInterrupted
+from llmtune.hparams import parse_args
+from llmtune.methods.zo import objectives
+from llmtune.methods.zo.adamu import ZerothOrderAdaMU, adamu_weight
+from llmtune.methods.zo.optimizer import ZerothOrderSGD
+from llmtune.model import load_model
+from llmtune.train import checkpoint as ckpt
+from llmtune.train.run import run_sft
+
+ZO = {"learning_rate": 1e-4}  # the tiny model's zo learning rate (see test_matrix.METHOD_OVERRIDES)
+
+
+def train(config: dict, callbacks=None):
+    return run_sft(parse_args(config), callbacks=callbacks)
+
+
+def losses(result) -> list[float]:
+    return [e["loss"] for e in result.log_history if "loss" in e]
+
+
+def tiny_model():
+    args = parse_args({"model_name_or_path": "llmtune/tiny-llama", "dataset": "demo_alpaca", "output_dir": "unused"})
+    return load_model(args.model)
+
+
+def lm_batch(rows: int = 4, length: int = 16) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 200, (rows, length), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_bitwise_equal(before: dict, after: dict) -> None:
+    for key, value in before.items():
+        assert torch.equal(value.view(torch.uint8), after[key].view(torch.uint8)), f"{key} changed"
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimizer on its own
+
+
+@pytest.mark.parametrize("optimizer_class", [ZerothOrderSGD, ZerothOrderAdaMU])
+def test_lr_zero_leaves_every_parameter_bitwise_equal(optimizer_class):
+    model = tiny_model().eval()
+    before = snapshot(model)
+    extra = {"total_steps": 10, "warmup_steps": 2} if optimizer_class is ZerothOrderAdaMU else {"num_queries": 2}
+    optimizer = optimizer_class(model.parameters(), lr=0.0, eps=1e-2, weight_decay=0.1, **extra)
+    batch = lm_batch()
+    for _ in range(5):
+        for query in range(optimizer.num_queries):
+            optimizer.estimate(model, lambda: model(**batch).loss, query)
+        optimizer.step()
+    assert optimizer.last_report.skipped is None
+    assert_bitwise_equal(before, snapshot(model))
+
+
+def test_perturb_and_restore_is_exact_under_bf16_autocast():
+    # bf16: true runs the forwards in bfloat16; the float32 weights must come back bit for bit.
+    model = tiny_model().eval()
+    before = snapshot(model)
+    optimizer = ZerothOrderSGD(model.parameters(), lr=0.0, eps=1e-3)
+    batch = lm_batch()
+    seen = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plus, minus, _ = optimizer.estimate(model, lambda: model(**batch).loss)
+        seen.append(model.lm_head(torch.ones(1, 64)).dtype)
+    assert plus != minus  # the forwards did see the perturbation
+    assert seen == [torch.bfloat16]
+    assert_bitwise_equal(before, snapshot(model))
+
+
+def test_half_precision_trainable_weights_are_refused_with_the_reason():
+    layer = torch.nn.Linear(4, 4).to(torch.bfloat16)
+    with pytest.raises(ConfigError, match=r"torch.bfloat16; zo keeps trainable weights in float32 because"):
+        ZerothOrderSGD(layer.parameters(), lr=1e-3)
+
+
+def test_the_mean_estimate_points_along_the_true_gradient():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3).double()
+    inputs, targets = torch.randn(32, 6, dtype=torch.float64), torch.randn(32, 3, dtype=torch.float64)
+
+    def loss():
+        return ((model(inputs) - targets) ** 2).mean()
+
+    true = torch.autograd.grad(loss(), list(model.parameters()))
+    true = torch.cat([g.flatten() for g in true])
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer = ZerothOrderSGD(model.parameters(), lr=1.0, eps=1e-4, num_queries=4, seed=1)
+    total = torch.zeros_like(true)
+    draws = 500
+    for _ in range(draws):
+        for query in range(4):
+            optimizer.estimate(model, loss, query)
+        optimizer.step()
+        with torch.no_grad():
+            total -= torch.cat([(p - s).flatten() for p, s in zip(model.parameters(), start, strict=True)])
+            for p, s in zip(model.parameters(), start, strict=True):
+                p.copy_(s)
+    cosine = torch.nn.functional.cosine_similarity(total / draws, true, dim=0)
+    assert cosine > 0.9, f"cosine {cosine:.3f}"
+
+
+def test_estimate_builds_no_graph_and_no_gradient():
+    model = tiny_model().eval()
+    outputs = []
+    model.register_forward_hook(lambda module, args, output: outputs.append(output.logits.requires_grad))
+    optimizer = ZerothOrderSGD(model.parameters(), lr=1e-3)
+    batch = lm_batch()
+    optimizer.estimate(model, lambda: model(**batch).loss)
+    optimizer.step()
+    assert outputs == [False, False]
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_a_nan_loss_or_a_spike_skips_the_update():
+    layer = torch.nn.Linear(3, 1)
+    before = snapshot(layer)
+    optimizer = ZerothOrderSGD(layer.parameters(), lr=1e-2, eps=1e-3, max_grad_ratio=20)
+    x = torch.ones(1, 3)
+    optimizer.estimate(layer, lambda: layer(x).sum() * float("nan"))
+    optimizer.step()
+    assert optimizer.last_report.skipped.startswith("non-finite loss")
+    assert optimizer.consecutive_skips == 1
+    assert_bitwise_equal(before, snapshot(layer))
+
+    for _ in range(12):  # enough accepted steps to know the projected gradient's scale
+        optimizer.estimate(layer, lambda: layer(x).sum())
+        optimizer.step()
+        assert optimizer.last_report.skipped is None
+    before = snapshot(layer)
+    optimizer.estimate(layer, lambda: layer(x).sum() * 1e6)
+    optimizer.step()
+    assert "its running scale" in optimizer.last_report.skipped
+    assert_bitwise_equal(before, snapshot(layer))
+
+
+def test_a_parameter_read_outside_its_module_forward_is_refused():
+    class ReadsChildWeight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            return x @ self.inner.weight.T  # the perturbation hook of `inner` never runs
+
+    model = ReadsChildWeight()
+    optimizer = ZerothOrderSGD([model.inner.weight], lr=1e-3)
+    with pytest.raises(ConfigError, match=r"not read through their module.s forward.*inner\.weight"):
+        optimizer.estimate(model, lambda: model(torch.ones(1, 2)).sum())
+
+
+def test_the_seed_stream_is_in_the_state_dict():
+    layer = torch.nn.Linear(4, 4)
+    first = ZerothOrderAdaMU(layer.parameters(), lr=1e-2, total_steps=20, warmup_steps=1)
+    x = torch.randn(2, 4)
+    for _ in range(3):
+        first.estimate(layer, lambda: layer(x).pow(2).sum())
+        first.step()
+    state = copy.deepcopy(first.state_dict())  # as torch.save/torch.load would: no tensors shared
+    assert state["zo"]["step_count"] == 3
+
+    twin = torch.nn.Linear(4, 4)
+    twin.load_state_dict(layer.state_dict())
+    second = ZerothOrderAdaMU(twin.parameters(), lr=1e-2, total_steps=20, warmup_steps=1, seed=99)
+    second.load_state_dict(state)  # the saved seed and position win over the constructor's
+    for optimizer, module in ((first, layer), (second, twin)):
+        optimizer.estimate(module, lambda m=module: m(x).pow(2).sum())
+        optimizer.step()
+    assert torch.equal(layer.weight, twin.weight)
+
+
+def test_adamu_schedule_is_a_pure_function_of_the_step():
+    assert adamu_weight(0, 0.5, 10, 30) == adamu_weight(9, 0.5, 10, 30) == 1.0
+    assert adamu_weight(20, 0.5, 10, 30) == pytest.approx(0.75)  # half-way down the cosine
+    assert adamu_weight(30, 0.5, 10, 30) == adamu_weight(1000, 0.5, 10, 30) == 0.5
+    optimizer = ZerothOrderAdaMU([torch.nn.Parameter(torch.zeros(2))], anneal_end=0.5, total_steps=100, warmup_steps=10)
+    assert optimizer.weights(55) == optimizer.weights(55) and optimizer.weights(60) == (0.5, 0.9, 0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# The objectives, on constructed batches (the classification/QA data pipeline is issue #6)
+
+
+def test_token_f1_is_squad_f1():
+    assert objectives.token_f1("The Eiffel Tower!", "eiffel tower") == 1.0
+    assert objectives.token_f1("in Paris, France", "Paris") == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
+    assert objectives.token_f1("London", "Paris") == 0.0
+    assert objectives.token_f1("", "") == 1.0 and objectives.token_f1("the", "Paris") == 0.0
+
+
+def test_negative_accuracy_reads_the_label_words_at_the_last_token():
+    class FixedLogits(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(*input_ids.shape, 10)
+            logits[0, 2, 7] = 5.0  # row 0 (right-padded, last token at 2) prefers word 7
+            logits[1, 3, 4] = 5.0  # row 1 (no padding) prefers word 4
+            logits[1, 2, 7] = 9.0  # ...but not at the wrong position
+            return type("Out", (), {"logits": logits})()
+
+    batch = {
+        "input_ids": torch.ones(2, 4, dtype=torch.long),
+        "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
+        objectives.LABEL_WORD_IDS: torch.tensor([4, 7]),  # class 0 = word 4, class 1 = word 7
+        objectives.CLASS_LABELS: torch.tensor([1, 1]),
+    }
+    assert objectives.negative_accuracy(FixedLogits(), batch).item() == -0.5
+
+
+def test_negative_f1_scores_greedy_answers_and_trains_through_the_optimizer():
+    from llmtune.model import load_tokenizer
+
+    args = parse_args({"model_name_or_path": "llmtune/tiny-llama", "dataset": "demo_alpaca", "output_dir": "unused"})
+    model, tokenizer = load_model(args.model).eval(), load_tokenizer(args.model)
+    tokenizer.padding_side = "left"
+    prompts = tokenizer(["What is 2 + 2?", "Reverse abc:"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        generated = model.generate(**prompts, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    answers = tokenizer.batch_decode(generated[:, prompts["input_ids"].shape[1] :], skip_special_tokens=True)
+    batch = {**prompts, objectives.GOLD_ANSWERS: [[answers[0]], ["no such answer zzz"]]}
+    value = objectives.negative_f1(model, batch, tokenizer, max_new_tokens=4)
+    expected = -(objectives.token_f1(answers[0], answers[0]) + objectives.token_f1(answers[1], "no such answer zzz"))
+    assert value.item() == pytest.approx(expected / 2)
+
+    optimizer = ZerothOrderSGD([p for p in model.parameters()], lr=1e-3, eps=1e-1)
+    plus, minus, projected = optimizer.estimate(model, lambda: objectives.negative_f1(model, batch, tokenizer, 4))
+    assert -1.0 <= plus <= 0.0 and -1.0 <= minus <= 0.0 and projected == (plus - minus) / 0.2
+
+
+def test_accuracy_and_loss_on_a_classification_batch():
+    classification = pytest.importorskip("llmtune.train.classification")
+
+    class OptionLogits(torch.nn.Module):
+        """Row r puts all probability on token 5 + r at every position."""
+
+        def forward(self, input_ids, attention_mask):
+            rows = torch.arange(input_ids.shape[0])
+            logits = torch.full((*input_ids.shape, 10), -30.0)
+            logits[rows, :, 5 + rows] = 0.0
+            return type("Out", (), {"logits": logits})()
+
+    # Two examples with two options each; rows 0-1 belong to example 0, rows 2-3 to example 1.
+    # Row r's option token is 5 + r, so every row's own option scores log(1) = 0, except row 3's (token 3).
+    option_tokens = torch.tensor([5, 6, 7, 3])
+    input_ids = torch.stack([torch.tensor([1, 2, int(t)]) for t in option_tokens])
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        classification.OPTION_MASK: torch.tensor([[0, 0, 1]] * 4),
+        classification.OPTION_INDEX: torch.tensor([[0, 1], [2, 3]]),
+        classification.CLASS_LABELS: torch.tensor([1, 1]),
+    }
+    model = OptionLogits()
+    # Example 0: options tie at 0, argmax picks option 0 (label 1: wrong); example 1: option 0 wins (wrong).
+    assert objectives.negative_accuracy(model, batch).item() == -0.0
+    batch[classification.CLASS_LABELS] = torch.tensor([0, 0])
+    assert objectives.negative_accuracy(model, batch).item() == -1.0
+    expected = classification.classification_loss(model, batch)[0]
+    assert objectives.language_model_loss(model, batch).item() == pytest.approx(expected.item())
+
+
+def test_zo_trains_a_choice_task_on_its_accuracy(tmp_path, make_config):
+    pytest.importorskip("llmtune.train.classification")
+    config = make_config(
+        tmp_path / "out",
+        "zo",
+        dataset="demo_sst2",
+        train_as_classification=True,
+        zo_objective="accuracy",
+        zo_eps=1e-1,
+        max_steps=6,
+    )
+    result = train(config)
+    logged = [e for e in result.log_history if "loss" in e]
+    assert len(logged) == 6 and all(-1.0 <= e["zo_loss_plus"] <= 0.0 for e in logged)
+
+
+@pytest.mark.parametrize(
+    ("objective", "message"),
+    [
+        ("accuracy", r"zo_objective: 'accuracy' needs batches with .* or train_as_classification: true on a choice"),
+        ("f1", r"zo_objective: 'f1' needs batches with zo_gold_answers \(QA data, issue #6\)"),
+    ],
+)
+def test_a_metric_objective_without_its_batch_keys_is_refused(tmp_path, make_config, objective, message):
+    with pytest.raises(NotImplementedYetError, match=message):
+        train(make_config(tmp_path / "out", "zo", zo_objective=objective))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+
+
+class NoBackward(TrainerCallback):
+    """Fail if autograd computes any gradient for a trainable weight; check no .grad after each step."""
+
+    def __init__(self):
+        self.fired: list[str] = []
+        self.steps = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.register_hook(lambda grad, name=name: self.fired.append(name))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        assert all(p.grad is None for p in model.parameters())
+        self.steps += 1
+
+
+def test_training_runs_no_backward_and_leaves_no_grad(tmp_path, make_config, monkeypatch):
+    def no_backward(*args, **kwargs):
+        raise AssertionError("backward called")
+
+    monkeypatch.setattr(torch.autograd, "backward", no_backward)
+    monkeypatch.setattr(torch.Tensor, "backward", no_backward)
+    probe = NoBackward()
+    train(make_config(tmp_path / "out", "zo", max_steps=5, **ZO), callbacks=[probe])
+    assert probe.steps == 5 and probe.fired == []
+
+
+def test_the_same_seed_gives_the_same_trajectory(tmp_path, make_config):
+    runs = [train(make_config(tmp_path / f"run{i}", "zo", max_steps=15, **ZO)) for i in range(2)]
+    other = train(make_config(tmp_path / "other", "zo", max_steps=15, seed=1, **ZO))
+    assert losses(runs[0]) == losses(runs[1])
+    assert losses(other) != losses(runs[0])
+    logged = [e for e in runs[0].log_history if "loss" in e]
+    assert all({"zo_loss_plus", "zo_loss_minus", "zo_projected_grad", "zo_skipped"} <= set(e) for e in logged)
+    assert "grad_norm" not in logged[0]
+
+
+def test_bf16_forwards_leave_the_weights_exact(tmp_path, make_config, monkeypatch):
+    # With the update switched off, a bf16 run must return the float32 weights bit for bit.
+    monkeypatch.setenv("LLMTUNE_ALLOW_CPU_BF16", "1")
+    monkeypatch.setattr(ZerothOrderSGD, "_update", lambda self, *args: None)
+    config = make_config(tmp_path / "out", "zo", max_steps=5, bf16=True, **ZO)
+    before = snapshot(load_model(parse_args(config).model))
+    result = train(config)
+    assert_bitwise_equal(before, snapshot(result.model))
+    assert result.log_history[0]["zo_loss_plus"] != result.log_history[0]["zo_loss_minus"]
+
+
+@pytest.mark.parametrize("target", ["lora", "prefix"])
+def test_an_adapter_target_changes_only_adapter_parameters(tmp_path, make_config, target):
+    config = make_config(tmp_path / "out", "zo", max_steps=10, zo_target=target, learning_rate=5e-3, zo_eps=1e-2)
+    before = snapshot(load_model(parse_args(config).model))
+    model = train(config).model
+    base = model.get_base_model().state_dict()
+    for key, value in before.items():
+        name = key.replace(".weight", ".base_layer.weight") if f"{key[:-7]}.base_layer.weight" in base else key
+        assert torch.equal(value, base[name]), f"frozen weight {key} changed"
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    kind = "lora_" if target == "lora" else "prompt_encoder"
+    assert trained and all(kind in n for n, _ in trained)
+    if target == "lora":
+        assert all(p.abs().sum() > 0 for n, p in trained if "lora_B" in n)  # B starts at zero
+
+
+def test_adamu_runs_and_differs_from_sgd(tmp_path, make_config):
+    common = {"max_steps": 12, "zo_adamu_warmup_steps": 4, "learning_rate": 5e-5}
+    sgd = train(make_config(tmp_path / "sgd", "zo", **common))
+    adamu = train(make_config(tmp_path / "adamu", "zo", zo_optimizer="adamu", **common))
+    assert all(math.isfinite(x) for x in losses(adamu))
+    assert losses(adamu)[1:] != losses(sgd)[1:]  # step 1's loss is before any update
+    weights = [dict(r.model.named_parameters())["lm_head.weight"] for r in (sgd, adamu)]
+    assert not torch.equal(*weights)
+
+
+def test_gradient_accumulation_equals_a_batch_k_times_larger(tmp_path, make_config):
+    big = train(make_config(tmp_path / "big", "zo", max_steps=4, per_device_train_batch_size=16, **ZO))
+    accumulated = train(
+        make_config(
+            tmp_path / "acc", "zo", max_steps=4, per_device_train_batch_size=8, gradient_accumulation_steps=2, **ZO
+        )
+    )
+    logs = [[e for e in r.log_history if "loss" in e] for r in (big, accumulated)]
+    for one, two in zip(*logs, strict=True):
+        assert two["zo_projected_grad"] == pytest.approx(one["zo_projected_grad"], rel=1e-3, abs=1e-3)
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    for (name, a), b in zip(big.model.named_parameters(), accumulated.model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=name)
+
+
+class PoisonAtStep(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step - 1:
+            with torch.no_grad():
+                model.get_input_embeddings().weight.fill_(float("nan"))
+
+
+def test_nan_losses_skip_updates_then_stop_the_run(tmp_path, make_config, caplog):
+    config = make_config(tmp_path / "out", "zo", save_steps=4, zo_max_skips=3, **ZO)
+    with (
+        caplog.at_level("WARNING", logger="llmtune"),
+        pytest.raises(
+            NumericalError,
+            match=r"zo: 3 updates in a row were skipped \(steps 6-8; last: non-finite loss .*weights of step 5 "
+            r"and the last good checkpoint is .*checkpoint-4",
+        ),
+    ):
+        train(config, callbacks=[PoisonAtStep(6)])
+    assert "zo: step 6: update skipped: non-finite loss" in caplog.text
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path / "out") if c.complete] == [4]
+
+
+class SignalAtStep(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_adamu_resumes_to_the_same_trajectory(tmp_path, make_config):
+    # The momentum buffers and the seed stream travel in optimizer.pt (the sgd row is in test_matrix).
+    common = {"zo_optimizer": "adamu", "zo_adamu_warmup_steps": 3, "learning_rate": 5e-5}
+    straight = train(make_config(tmp_path / "straight", "zo", **common))
+    config = make_config(tmp_path / "resumed", "zo", **common)
+    with pytest.raises(TrainingInterrupted):
+        train(config, callbacks=[SignalAtStep(7)])
+    resumed = train({**config, "resume_from_checkpoint": True})
+    first = {e["step"]: e["loss"] for e in straight.log_history if "loss" in e}
+    second = {e["step"]: e["loss"] for e in resumed.log_history if "loss" in e}
+    assert [second[s] for s in range(8, 21)] == pytest.approx([first[s] for s in range(8, 21)], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"zo_target": "lroa"}, "zo_target: 'lroa' is not one of full, lora, prefix (did you mean 'lora'?)"),
+        ({"zo_optimizer": "adam"}, "zo_optimizer: 'adam' is not one of adamu, sgd"),
+        ({"zo_eps": 0}, "zo_eps: 0.0 must be > 0"),
+        ({"zo_eps": "nan"}, "zo_eps: nan must be > 0"),
+        ({"zo_num_queries": 0}, "zo_num_queries: 0 must be a positive integer"),
+        ({"zo_optimizer": "adamu", "zo_num_queries": 2}, "zo_num_queries: 2 is not supported with zo_optimizer: adamu"),
+        ({"zo_adamu_alpha": 1.5}, "zo_adamu_alpha: 1.5 must be in [0, 1]"),
+    ],
+)
+def test_bad_zo_options_are_one_line(tmp_path, make_config, override, message):
+    with pytest.raises(ConfigError) as info:
+        parse_args(make_config(tmp_path / "out", "zo", **override))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_dora_is_refused_with_zo_lora(tmp_path, make_config):
+    with pytest.raises(ConfigError, match="use_dora: true is not supported with zo_target: lora"):
+        train(make_config(tmp_path / "out", "zo", zo_target="lora", use_dora=True))

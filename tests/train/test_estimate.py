@@ -1,0 +1,99 @@
+"""``llmtune estimate``: memory by finetuning type from a model's config alone, checked against
+BAdam's published figures and against the bytes a real optimizer holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from llmtune.cli import main
+from llmtune.hparams import parse_args
+from llmtune.methods.block.optimizer import BlockOptimizer
+from llmtune.methods.block.partition import freeze_outside, partition_blocks
+from llmtune.model import load_model
+from llmtune.train.estimate import activation_bytes, estimate_memory
+
+ROOT = Path(__file__).resolve().parents[2]
+LLAMA3_8B = LlamaConfig(  # the shapes of meta-llama/Meta-Llama-3-8B, so no download is needed
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    tie_word_embeddings=False,
+)
+
+
+def llama3_args(finetuning_type: str, **overrides):
+    config = {"model_name_or_path": "llmtune/tiny-llama", "finetuning_type": finetuning_type, **overrides}
+    args = parse_args(config, for_training=False)
+    args.training.bf16 = True  # as on a GPU; parse_args refuses bf16 on this CPU-only machine
+    return args
+
+
+def test_llama3_8b_block_matches_badams_memory_formula():
+    block = estimate_memory(llama3_args("block"), LLAMA3_8B)
+    params, blocks = 8_030_261_248, 32
+    assert block.parameters == params and block.weight_dtype == "bfloat16"
+    layer = 218_112_000  # one Llama-3-8B layer
+    assert block.trainable_at_once == layer
+    assert (block.weights, block.gradients, block.optimizer) == (2 * params, 2 * layer, 16 * layer)
+    # BAdam's README: 2M + 16M/D bytes (M parameters, D blocks) before activations.
+    states = block.weights + block.gradients + block.optimizer
+    assert states == pytest.approx(2 * params + 16 * params / blocks, rel=0.02)
+
+    full = estimate_memory(llama3_args("full"), LLAMA3_8B)
+    assert full.weights + full.gradients + full.optimizer == 16 * params  # fp32 weights, gradients, AdamW
+    sparse = estimate_memory(llama3_args("sparse", badam_update_ratio=0.05), LLAMA3_8B)
+    assert block.activations == sparse.activations == full.activations  # the lowest block backpropagates all layers
+    assert block.total < sparse.total and sparse.total - sparse.activations < (full.total - full.activations) / 5
+
+
+def test_activations_shrink_with_checkpointing_and_grow_with_tokens():
+    plain = activation_bytes(LLAMA3_8B, 2, 1024, checkpointing=False, value_bytes=2)
+    checkpointed = activation_bytes(LLAMA3_8B, 2, 1024, checkpointing=True, value_bytes=2)
+    assert checkpointed < plain / 3
+    assert activation_bytes(LLAMA3_8B, 4, 1024, checkpointing=True, value_bytes=2) == 2 * checkpointed
+
+
+def test_the_block_estimate_equals_what_the_optimizer_holds(make_config, tmp_path):
+    args = parse_args(make_config(tmp_path, "block"))
+    estimate = estimate_memory(args)
+    model = load_model(args.model)
+    blocks = partition_blocks(model)
+    freeze_outside(model, blocks)
+    optimizer = BlockOptimizer(blocks, lr=1e-3, switch_every=100)
+    ids = torch.randint(5, 200, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    gradients = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    optimizer.step()
+    moments = sum(
+        v.numel() * v.element_size() for s in optimizer.base.state.values() for k, v in s.items() if k != "step"
+    )
+    assert (estimate.gradients, estimate.optimizer) == (gradients, moments)
+    assert estimate.weights == sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_estimate_command_prints_the_table_without_loading_weights(capsys, monkeypatch):
+    monkeypatch.setattr("llmtune.model.load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr(
+        "transformers.AutoModelForCausalLM.from_pretrained", lambda *a, **k: (_ for _ in ()).throw(AssertionError)
+    )
+    example = ROOT / "examples" / "train_block" / "tiny_block_sft.yaml"
+    assert main(["estimate", str(example), "--bf16", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "finetuning_type: block" in out and "bfloat16" in out
+    for row in ("weights", "gradients", "optimizer state", "activations", "total"):
+        assert row in out
+    assert "the same run as other finetuning types: full" in out and "lora" in out and "sparse" in out
+
+
+def test_estimate_says_whether_the_run_fits_the_gpu():
+    from llmtune.train.estimate import fits_line
+
+    assert fits_line(int(21.9e9), 24) == "fits a 24 GB GPU (21.9 GB needed; --gpu_memory_gb to change)"
+    assert fits_line(int(122.9e9), 80).startswith("does NOT fit a 80 GB GPU (122.9 GB needed")
