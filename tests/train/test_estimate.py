@@ -97,3 +97,30 @@ def test_estimate_says_whether_the_run_fits_the_gpu():
 
     assert fits_line(int(21.9e9), 24) == "fits a 24 GB GPU (21.9 GB needed; --gpu_memory_gb to change)"
     assert fits_line(int(122.9e9), 80).startswith("does NOT fit a 80 GB GPU (122.9 GB needed")
+
+
+def test_train_warns_before_loading_when_the_estimate_exceeds_the_gpu(monkeypatch, caplog, tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from llmtune.hparams import parse_args
+    from llmtune.train.estimate import warn_if_over_gpu
+
+    args = parse_args(
+        {
+            "model_name_or_path": "llmtune/tiny-llama",
+            "dataset": "demo_alpaca",
+            "finetuning_type": "full",
+            "output_dir": str(tmp_path / "o"),
+        }
+    )
+    assert warn_if_over_gpu(args) is None  # no GPU here: nothing to compare with
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=1000))
+    with caplog.at_level("WARNING", logger="llmtune"):
+        message = warn_if_over_gpu(args)
+    assert message and "more than this GPU's" in message and message in caplog.text
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=80 * 2**30))
+    assert warn_if_over_gpu(args) is None

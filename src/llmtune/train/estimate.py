@@ -232,3 +232,28 @@ def _quiet():
             yield
     finally:
         logging.disable(previous)
+
+
+def warn_if_over_gpu(args: RunArguments) -> str | None:
+    """Before the weights load: warn when the estimate exceeds the memory of the visible GPU.
+
+    Returns the warning (also logged), or None when it fits, there is no GPU, or the model's
+    config cannot be read (the estimate is advice; it never stops a run).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        estimate = estimate_memory(args, load_model_config(args))
+    except (LlmtuneError, NotImplementedError, ValueError, OSError):
+        return None
+    available = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if estimate.total <= available:
+        return None
+    message = (
+        f"memory estimate for finetuning_type {args.finetuning.finetuning_type}: {format_bytes(estimate.total)}, "
+        f"more than this GPU's {format_bytes(available)}; `llmtune estimate` compares the finetuning types"
+    )
+    logging.getLogger("llmtune").warning(message)
+    return message

@@ -97,6 +97,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     from llmtune.methods import get_method
     from llmtune.model import count_parameters, load_model, load_tokenizer
     from llmtune.train.callbacks import GracefulStop, JsonlLogCallback
+    from llmtune.train.estimate import warn_if_over_gpu
     from llmtune.train.memory import out_of_memory_error
     from llmtune.train.plot import plot_loss
 
@@ -119,6 +120,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     out = prepare_output_dir(args, resume)
     save_config(out, args)
 
+    warn_if_over_gpu(args)  # advice from the model's config alone, before the weights load
     set_seed(args.training.seed)  # adapters and method state are initialised from this seed, reproducibly
     model = load_model(args.model)
     model = method.prepare_fn()(model, args)
