@@ -29,6 +29,10 @@ PLANNED = {"webui": 7}
 
 
 def _setup_logging() -> None:
+    import warnings
+
+    # Raised inside PEFT/transformers on every run; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     level = os.environ.get("LLMTUNE_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(format="[llmtune] %(message)s", level=getattr(logging, level, logging.INFO))
     for noisy in ("httpx", "urllib3", "filelock"):

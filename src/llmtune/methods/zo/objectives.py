@@ -26,12 +26,11 @@ The QA batches ``f1`` needs (prompts plus gold answers) are not produced by a da
 
 from __future__ import annotations
 
-import collections
-import re
-import string
 from typing import Any
 
 import torch
+
+from llmtune.eval.metrics import normalize_answer, token_f1  # noqa: F401  (one SQuAD F1 for eval and ZO)
 
 LABEL_WORD_IDS = "zo_label_word_ids"
 CLASS_LABELS = "zo_class_labels"
@@ -113,22 +112,3 @@ def negative_f1(model: torch.nn.Module, inputs: dict[str, Any], tokenizer: Any, 
         for answer, golds in zip(answers, inputs[GOLD_ANSWERS], strict=True)
     ]
     return -torch.tensor(sum(scores) / len(scores))
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    """SQuAD token F1 between two answers after :func:`normalize_answer` (1.0 when both are empty)."""
-    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not predicted or not expected:
-        return float(predicted == expected)
-    common = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
