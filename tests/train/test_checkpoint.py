@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from llmtune.errors import CheckpointError
+from llmtune.errors import CheckpointError, ConfigError
 from llmtune.train import checkpoint as ckpt
 
 
@@ -93,3 +93,29 @@ def test_verify_refuses_empty_or_missing_tensors(tmp_path):
 def test_verify_refuses_a_folder_without_weights(tmp_path):
     with pytest.raises(CheckpointError, match="no .safetensors"):
         ckpt.verify_saved_weights(tmp_path, TwoLayer())
+
+
+def test_only_rank_0_checks_and_empties_output_dir(tmp_path, monkeypatch):
+    """Under torchrun the other ranks would see the folder rank 0 has just begun and refuse it."""
+    from llmtune.hparams import parse_args
+    from llmtune.train.run import check_output_dir, prepare_output_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "training_args.yaml").write_text("written by rank 0 a moment ago")
+    args = parse_args(
+        {
+            "model_name_or_path": "llmtune/tiny-llama",
+            "dataset": "demo_alpaca",
+            "output_dir": str(out),
+            "overwrite_output_dir": True,
+        }
+    )
+    monkeypatch.setenv("RANK", "1")
+    check_output_dir(args, None)  # no error on rank 1
+    prepare_output_dir(args, None)
+    assert (out / "training_args.yaml").exists()  # and rank 1 never empties it
+    monkeypatch.setenv("RANK", "0")
+    args.training.overwrite_output_dir = False
+    with pytest.raises(ConfigError, match="is not empty"):
+        check_output_dir(args, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 from dataclasses import dataclass
@@ -57,8 +58,18 @@ def resolve_resume(args: RunArguments) -> str | None:
     return str(path)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun/DeepSpeed job (or a single process): the one that owns output_dir."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def check_output_dir(args: RunArguments, resume: str | None) -> None:
-    """Refuse a non-empty output_dir unless the user asked to resume or to overwrite it."""
+    """Refuse a non-empty output_dir unless the user asked to resume or to overwrite it.
+
+    Only rank 0 checks: the other ranks would race it, seeing the folder rank 0 has just begun.
+    """
+    if not is_main_process():
+        return
     out = Path(args.training.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: {str(out)!r} is a file, not a folder")
@@ -75,6 +86,9 @@ def check_output_dir(args: RunArguments, resume: str | None) -> None:
 def prepare_output_dir(args: RunArguments, resume: str | None) -> Path:
     """Create output_dir; with overwrite_output_dir (and no resume) empty it first, saying so."""
     out = Path(args.training.output_dir)
+    if not is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        return out
     if resume is None and args.training.overwrite_output_dir and out.is_dir() and any(out.iterdir()):
         logger.warning("overwrite_output_dir: emptying %s", out)
         for child in out.iterdir():
@@ -85,6 +99,8 @@ def prepare_output_dir(args: RunArguments, resume: str | None) -> Path:
 
 def save_config(out: Path, args: RunArguments) -> None:
     """Write the keys the user set (no secrets) as ``training_args.yaml``, to rerun the same job."""
+    if not is_main_process():
+        return
     with (out / CONFIG_FILE).open("w", encoding="utf-8") as handle:
         yaml.safe_dump(args.public_config(), handle, sort_keys=False, allow_unicode=True)
 
