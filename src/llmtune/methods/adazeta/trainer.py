@@ -72,27 +72,15 @@ class AdaZetaTrainer(ZerothOrderTrainer):
             )
         return self.optimizer
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        """This process's queries on ``inputs`` (2 forwards each); returns the mean loss over all queries."""
-        optimizer = self.zo_optimizer
-        optimizer.start_step(math.floor(self.state.epoch or 0))
-        inputs = self._prepare_inputs(inputs)
-        scaled_by_tokens = self.zo_args.zo_objective == "loss" and (
-            self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        )
-        share = 1.0 if scaled_by_tokens else 1.0 / self.current_gradient_accumulation_steps
+    def _start_queries(self, optimizer) -> None:
+        optimizer.start_step(math.floor(self.state.epoch or 0))  # Q from the epoch's schedule
 
-        def objective() -> torch.Tensor:
-            with self.compute_loss_context_manager():
-                return self.zo_objective(model, inputs, num_items_in_batch if scaled_by_tokens else None) * share
+    def _queries(self, optimizer):
+        return optimizer.local_queries()  # this process's share of the step's queries
 
-        model.eval()  # dropout off: both forwards see the same network
-        try:
-            estimates = [optimizer.estimate(model, objective, query) for query in optimizer.local_queries()]
-        finally:
-            model.train()
+    def _mean_loss(self, estimates) -> float:
         local_sum = sum((plus + minus) / 2 for plus, minus, _ in estimates)
-        return torch.tensor(_mean_over_processes(local_sum, len(estimates)), device=self.args.device)
+        return _mean_over_processes(local_sum, len(estimates))  # the mean over all queries
 
     def get_train_dataloader(self):
         if self.args.world_size <= 1:

@@ -76,6 +76,7 @@ class ZerothOrderTrainer(LlmtuneTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Estimate the projected gradient on ``inputs`` (2 forwards per query); return the mean loss."""
         optimizer = self.zo_optimizer
+        self._start_queries(optimizer)
         inputs = self._prepare_inputs(inputs)
         scaled_by_tokens = self.zo_args.zo_objective == "loss" and (
             self.model_accepts_loss_kwargs and num_items_in_batch is not None
@@ -88,11 +89,23 @@ class ZerothOrderTrainer(LlmtuneTrainer):
 
         model.eval()  # dropout off: both forwards see the same network
         try:
-            estimates = [optimizer.estimate(model, objective, query) for query in range(optimizer.num_queries)]
+            estimates = [optimizer.estimate(model, objective, query) for query in self._queries(optimizer)]
         finally:
             model.train()  # as HF's training_step leaves it (logging reads the mode)
-        loss = sum((plus + minus) / 2 for plus, minus, _ in estimates) / len(estimates)
-        return torch.tensor(loss, device=self.args.device)
+        return torch.tensor(self._mean_loss(estimates), device=self.args.device)
+
+    # Hooks a multi-query subclass (AdaZeta) overrides; MeZO runs every query in this process.
+
+    def _start_queries(self, optimizer) -> None:
+        """Called once per micro-batch before its queries."""
+
+    def _queries(self, optimizer):
+        """The query indices this process evaluates."""
+        return range(optimizer.num_queries)
+
+    def _mean_loss(self, estimates) -> float:
+        """The logged loss: the mean of (L+ + L-)/2 over the queries."""
+        return sum((plus + minus) / 2 for plus, minus, _ in estimates) / len(estimates)
 
     def zo_objective(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         """The value both forwards compute (see :mod:`~llmtune.methods.zo.objectives`)."""
