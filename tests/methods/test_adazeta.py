@@ -352,7 +352,7 @@ def test_torchrun_with_two_processes_trains_as_one_process(tmp_path):
     runs = {}
     for name, launcher in (
         ("one", [sys.executable, "-m", "llmtune", "train"]),
-        ("two", [shutil.which("torchrun"), "--nproc_per_node", "2", "-m", "llmtune", "train"]),
+        ("two", [shutil.which("torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "llmtune", "train"]),
     ):
         out = tmp_path / name
         proc = subprocess.run(

@@ -25,6 +25,7 @@ def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_step(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
         shutil.which("torchrun"),
+        "--standalone",  # a free rendezvous port: no clash with another job on 29500
         "--nproc_per_node",
         "2",
         "-m",
