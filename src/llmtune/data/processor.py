@@ -5,16 +5,19 @@ Each example becomes ``input_ids`` (all turns, prompt then response, concatenate
 the template's end-of-turn token, which is therefore always trained on). ``train_on_prompt``
 trains on prompts too; ``mask_history`` trains on the last turn only. Examples longer than
 ``cutoff_len`` keep their first ``cutoff_len`` tokens; an example left with no trained token
-is dropped. All of it is counted in the ``DataReport``.
+is dropped. All of it is counted in the ``DataReport``. With ``neat_packing`` the rows are then packed
+into ``cutoff_len`` sequences (see :mod:`llmtune.data.packing`).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from llmtune.data.loader import eval_size, load_conversations
+from llmtune.data.packing import pack_examples
 from llmtune.data.report import DataReport
 from llmtune.data.rows import Conversation
 from llmtune.data.template import Pairs, Template, get_template
@@ -62,9 +65,16 @@ def get_dataset(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, se
         )
     report.train_rows = len(train)
     report.eval_rows = len(evaluation) if evaluation is not None else None
+    build = partial(_packed_columns, capacity=data_args.cutoff_len) if data_args.neat_packing else _columns
+    train_columns = build(train)
+    if data_args.neat_packing:
+        report.notes.append(
+            f"packed {len(train)} training rows into {len(train_columns['input_ids'])} sequences of at most "
+            f"{data_args.cutoff_len} tokens"
+        )
     return PreparedData(
-        train=datasets.Dataset.from_dict(_columns(train)),
-        eval=datasets.Dataset.from_dict(_columns(evaluation)) if evaluation is not None else None,
+        train=datasets.Dataset.from_dict(train_columns),
+        eval=datasets.Dataset.from_dict(build(evaluation)) if evaluation is not None else None,
         report=report,
     )
 
@@ -120,6 +130,11 @@ def _split(examples: list, count: int, seed: int) -> tuple[list, list]:
     train = [example for i, example in enumerate(examples) if i not in held_out]
     evaluation = [example for i, example in enumerate(examples) if i in held_out]
     return train, evaluation
+
+
+def _packed_columns(examples: list[tuple[list[int], list[int]]], capacity: int) -> dict[str, list[list[int]]]:
+    packed = pack_examples(examples, capacity)
+    return {key: [row[key] for row in packed] for key in ("input_ids", "labels", "seq_lengths")}
 
 
 def _columns(examples: list[tuple[list[int], list[int]]]) -> dict[str, list[list[int]]]:

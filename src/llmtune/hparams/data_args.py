@@ -41,6 +41,13 @@ class DataArguments:
     mask_history: bool = field(
         default=False, metadata={"help": "Train only on the last turn of multi-turn conversations."}
     )
+    neat_packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack several rows into each cutoff_len sequence; each row attends only to itself and keeps its "
+            "own (response-only) labels. `packing: true` means the same in llmtune."
+        },
+    )
     max_samples: int | None = field(
         default=None, metadata={"help": "Use at most this many examples from each dataset (for quick runs)."}
     )

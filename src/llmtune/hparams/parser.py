@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, NotImplementedYetError, suggest
+from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, suggest
 from llmtune.hparams.data_args import DataArguments
 from llmtune.hparams.finetuning_args import FOREIGN_STAGES, STAGES, FinetuningArguments
 from llmtune.hparams.model_args import ModelArguments
@@ -303,6 +303,8 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
         methods=methods,
         given=given,
     )
+    if args.training.packing:  # TRL's own packing lets rows attend to each other: llmtune packs them itself
+        args.data.neat_packing, args.training.packing = True, False
     validate(args, for_training=for_training)
     return args
 
@@ -371,10 +373,10 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
     _positive("logging_steps", train.logging_steps)
     _positive("save_steps", train.save_steps)
     _positive("weight_decay", train.weight_decay, allow_zero=True)
-    if train.packing:
-        raise NotImplementedYetError(
-            "packing: true is not supported yet (issue #15: packing must keep the loss on responses only and "
-            "stop attention across examples); set packing: false"
+    if data.neat_packing and args.finetuning.train_as_classification:
+        raise ConfigError(
+            "packing: not available with train_as_classification (its batches are answer options, not rows); "
+            "set packing: false"
         )
     if train.max_steps is not None and train.max_steps <= 0:
         _positive("num_train_epochs", train.num_train_epochs)

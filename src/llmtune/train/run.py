@@ -132,6 +132,10 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
         extra = classification_trainer_kwargs(args.training, tokenizer)
     else:
         prepared = get_dataset(args.data, tokenizer, seed=args.training.seed)
+        if args.data.neat_packing:
+            from llmtune.data.packing import PackedCollator
+
+            extra = {"data_collator": PackedCollator(pad_token_id=tokenizer.pad_token_id)}
     logger.info("tokenised: %s", prepared.report.summary())
     out = prepare_output_dir(args, resume)
     save_config(out, args)
@@ -140,6 +144,10 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     set_seed(args.training.seed)  # adapters and method state are initialised from this seed, reproducibly
     model = load_model(args.model)
     model = method.prepare_fn()(model, args)
+    if args.data.neat_packing:
+        from llmtune.data.packing import prepare_model_for_packing
+
+        prepare_model_for_packing(model)  # refuse rather than let packed rows attend to each other
     trainable, total = count_parameters(model)
     logger.info(
         "finetuning_type=%s: %s of %s parameters trainable (%.4f%%)",
