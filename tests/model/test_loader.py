@@ -222,3 +222,28 @@ def test_count_parameters_sees_frozen_parts(tiny_args: ModelArguments) -> None:
     embedding = model.get_input_embeddings().weight
     embedding.requires_grad_(False)
     assert count_parameters(model) == (total - embedding.numel(), total)
+
+
+@pytest.mark.parametrize(
+    ("finetuning_type", "frozen", "trained"),
+    [
+        ("lora", torch.bfloat16, torch.float32),  # a LoRA base costs 2 bytes per parameter
+        ("loretta", torch.bfloat16, torch.float32),
+        ("full", None, torch.float32),  # AdamW on fp32 weights, as LLaMA-Factory does
+        ("block", torch.bfloat16, torch.bfloat16),  # BAdam keeps bf16 weights and an fp32 master itself
+    ],
+)
+def test_with_bf16_frozen_weights_stay_bf16_and_trained_ones_are_fp32(
+    make_config, tmp_path, finetuning_type, frozen, trained
+):
+    from llmtune.hparams.parser import parse_args
+    from llmtune.methods import get_method
+    from llmtune.model.loader import compute_dtype
+
+    args = parse_args(make_config(tmp_path, finetuning_type))
+    args.training.bf16 = True  # as on a GPU; parse_args refuses bf16 on this CPU-only machine
+    method = get_method(finetuning_type)
+    model = method.prepare_model(load_model(args.model, compute_dtype(True, False)), args)
+    dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+    assert {dtype for grad, dtype in dtypes if grad} == {trained}
+    assert {dtype for grad, dtype in dtypes if not grad} == ({frozen} if frozen else set())

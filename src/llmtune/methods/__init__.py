@@ -24,6 +24,7 @@ register(
         arguments=BlockArguments,
         prepare="llmtune.methods.block.model:prepare_block",
         trainer="llmtune.methods.block.trainer:BlockTrainer",
+        keeps_half_weights=True,
         normalise="llmtune.methods.block.normalise:normalise_badam",  # also reads use_badam for sparse
     )
 )
@@ -34,6 +35,7 @@ register(
         arguments=SparseArguments,
         prepare="llmtune.methods.sparse.model:prepare_sparse",
         trainer="llmtune.methods.sparse.trainer:SparseTrainer",
+        keeps_half_weights=True,
     )
 )
 register(

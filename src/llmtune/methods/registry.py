@@ -33,6 +33,8 @@ class Method:
             tool's spelling of this method (e.g. LLaMA-Factory's ``use_badam: true``) into llmtune's.
         report: ``"module:function"`` taking ``(model, args)`` after ``prepare`` and returning one line
             that ``llmtune train`` logs after the trainable-parameter count, or None.
+        keeps_half_weights: the method trains half-precision weights itself, through fp32 master copies
+            (BAdam); every other method gets its trainable parameters in float32 (see ``prepare_model``).
     """
 
     name: str
@@ -43,6 +45,7 @@ class Method:
     issue: int | None = None
     normalise: str | None = None
     report: str | None = None
+    keeps_half_weights: bool = False
 
     @property
     def implemented(self) -> bool:
@@ -50,6 +53,20 @@ class Method:
 
     def prepare_fn(self) -> Callable[..., Any]:
         return _import(self.prepare)
+
+    def prepare_model(self, model: Any, args: Any) -> Any:
+        """``prepare``, then every trainable parameter in float32 unless the method ``keeps_half_weights``.
+
+        With ``bf16``/``fp16`` the model is loaded in that dtype, so what stays frozen (a LoRA base)
+        costs 2 bytes per parameter, while what is trained gets fp32 weights for the optimizer and
+        the fp16 gradient scaler (as LLaMA-Factory and PEFT's QLoRA recipe do).
+        """
+        model = self.prepare_fn()(model, args)
+        if not self.keeps_half_weights:
+            from llmtune.model.loader import upcast_trainable
+
+            upcast_trainable(model)
+        return model
 
     def trainer_class(self) -> type:
         return _import(self.trainer)

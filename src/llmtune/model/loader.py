@@ -220,6 +220,21 @@ def load_model(
     return model
 
 
+def compute_dtype(bf16: bool | None, fp16: bool | None) -> torch.dtype:
+    """The dtype a model is loaded in for training: bfloat16 or float16 as asked, else float32."""
+    return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+
+
+def upcast_trainable(model: torch.nn.Module) -> int:
+    """Cast every trainable half-precision parameter to float32 in place; return how many were cast."""
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 def check_precision(bf16: bool, fp16: bool) -> None:
     """Refuse mixed precision this machine cannot run.
 

@@ -127,14 +127,17 @@ def estimate_memory(
 
     from llmtune.methods import get_method
     from llmtune.model import count_parameters
+    from llmtune.model.loader import compute_dtype
 
     method = get_method(finetuning_type or args.finetuning.finetuning_type)
     config = model_config if model_config is not None else load_model_config(args)
     with torch.device("meta"), _quiet():
         model = AutoModelForCausalLM.from_config(
-            config, dtype=torch.float32, trust_remote_code=bool(args.model.trust_remote_code)
+            config,
+            dtype=compute_dtype(args.training.bf16, args.training.fp16),
+            trust_remote_code=bool(args.model.trust_remote_code),
         )
-        model = method.prepare_fn()(model, args)
+        model = method.prepare_model(model, args)  # as llmtune train readies it: the same dtypes
     trainer = method.trainer_class()
     profile = getattr(trainer, "memory_estimate", None)
     if profile is None and trainer is not LlmtuneTrainer:
