@@ -114,6 +114,8 @@ def compute_kernel(
             right = left if same and a == b else jacobian(output_fn, params, names, cols[b])
             tile += kernel_product(left, right, formula).cpu()
             del left, right
+        if symmetric and a == b:  # a matrix product with itself is symmetric only up to rounding
+            tile = (tile + tile.permute(2, 3, 0, 1)) / 2
         kernel[row_start[a] : row_start[a + 1], :, col_start[b] : col_start[b + 1]] = tile
         if symmetric and a != b:
             kernel[col_start[b] : col_start[b + 1], :, row_start[a] : row_start[a + 1]] = tile.permute(2, 3, 0, 1)
