@@ -24,7 +24,8 @@ def tiny():
     items = encode_examples(tokenizer, examples, "demo_sst2", 64)
     items = sorted(items, key=lambda item: len(item[0]))[::8][:5]  # lengths differ: batches need padding
     assert len({len(prompt) for prompt, _ in items}) > 1
-    params = select_parameters(model, "no_embeddings")
+    # The last layer and the final norm: the backward stops there, which keeps the test fast.
+    params = {n: p for n, p in select_parameters(model, "no_embeddings").items() if "layers.1." in n or "model.norm" in n}
     named = dict(model.named_parameters())
     live = [named[name] for name in params]
     rows = []
@@ -36,7 +37,7 @@ def tiny():
     return model, tokenizer, items, params, dense
 
 
-def _kernel(tiny, formula, batch_size=2, block_params=60_000):
+def _kernel(tiny, formula, batch_size=2, block_params=30_000):
     model, tokenizer, items, params, _ = tiny
     every = {n: p.detach() for n, p in model.named_parameters()}
     output_fn = label_logits(model, difference=formula == "asymmetric_signgd")
@@ -45,7 +46,7 @@ def _kernel(tiny, formula, batch_size=2, block_params=60_000):
         return output_fn({**every, **part}, batch)
 
     blocks = parameter_blocks(params, block_params)
-    assert len(blocks) >= 3  # several streamed blocks
+    assert len(blocks) >= 2  # several streamed blocks
     return compute_kernel(fn, params, blocks, batches(items, batch_size, tokenizer.pad_token_id), None, formula)
 
 
@@ -67,10 +68,9 @@ def test_signgd_kernel_is_the_inner_product_of_signs(tiny):
     signs = dense.sign()
     expected = torch.einsum("acp,bdp->acbd", signs, signs)
     # An entry is a count of agreeing minus disagreeing signs; float noise may flip the sign of a few
-    # entries that are ~0, so allow a handful of flips out of the ~190k parameters.
-    print((kernel - expected).abs().max())
+    # entries that are ~0, so allow a handful of flips out of the ~50k parameters.
     assert (kernel - expected).abs().max() <= 8
-    assert expected.abs().max() > 1000
+    assert expected.abs().max() > 1000  # entries count many parameters
 
 
 def test_asymmetric_signgd_pairs_signs_with_plain_jacobians(tiny):
