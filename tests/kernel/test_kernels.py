@@ -25,7 +25,9 @@ def tiny():
     items = sorted(items, key=lambda item: len(item[0]))[::8][:5]  # lengths differ: batches need padding
     assert len({len(prompt) for prompt, _ in items}) > 1
     # The last layer and the final norm: the backward stops there, which keeps the test fast.
-    params = {n: p for n, p in select_parameters(model, "no_embeddings").items() if "layers.1." in n or "model.norm" in n}
+    params = {
+        n: p for n, p in select_parameters(model, "no_embeddings").items() if "layers.1." in n or "model.norm" in n
+    }
     named = dict(model.named_parameters())
     live = [named[name] for name in params]
     rows = []
@@ -94,9 +96,15 @@ def test_kernel_prediction_equals_gradient_descent_on_a_linear_model():
     """f(x) = W x + b is linear in (W, b): GD on the squared loss converges to the kernel lstsq solution."""
     torch.manual_seed(0)
     n_train, n_eval, features, classes = 6, 10, 8, 2
-    x_train, x_eval = torch.randn(n_train, features, dtype=torch.float64), torch.randn(n_eval, features, dtype=torch.float64)
+    x_train, x_eval = (
+        torch.randn(n_train, features, dtype=torch.float64),
+        torch.randn(n_eval, features, dtype=torch.float64),
+    )
     labels = torch.tensor([0, 1, 1, 0, 1, 0])
-    params = {"W": torch.randn(classes, features, dtype=torch.float64) * 0.3, "b": torch.zeros(classes, dtype=torch.float64)}
+    params = {
+        "W": torch.randn(classes, features, dtype=torch.float64) * 0.3,
+        "b": torch.zeros(classes, dtype=torch.float64),
+    }
 
     def output_fn(p, batch: KernelBatch):
         return batch.input_ids @ p["W"].T + p["b"]
@@ -108,7 +116,10 @@ def test_kernel_prediction_equals_gradient_descent_on_a_linear_model():
     blocks = parameter_blocks(params, 10)
     k_train = compute_kernel(output_fn, params, blocks, train_batches, None, "sgd")
     k_eval = compute_kernel(output_fn, params, blocks, train_batches, eval_batches, "sgd")
-    f0_train, f0_eval = initial_outputs(output_fn, params, train_batches), initial_outputs(output_fn, params, eval_batches)
+    f0_train, f0_eval = (
+        initial_outputs(output_fn, params, train_batches),
+        initial_outputs(output_fn, params, eval_batches),
+    )
     _, predicted = solve("lstsq", k_train, k_eval, labels, f0_train, f0_eval)
 
     targets = torch.nn.functional.one_hot(labels, classes).double() * 2 - 1

@@ -31,7 +31,9 @@ FLAGS = {
 
 
 def _run(tmp: Path, **overrides):
-    return parse_kernel_args({**FLAGS, "output_dir": str(tmp / "out"), "kernel_cache_dir": str(tmp / "cache"), **overrides})
+    return parse_kernel_args(
+        {**FLAGS, "output_dir": str(tmp / "out"), "kernel_cache_dir": str(tmp / "cache"), **overrides}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +144,12 @@ def test_two_processes_compute_the_same_kernel_as_one(tmp_path):
     }
     cached = {}
     for name, launcher in launchers.items():
-        flags = {**FLAGS, "output_dir": tmp_path / name, "kernel_cache_dir": tmp_path / name / "cache"}
+        flags = {
+            **FLAGS,
+            "kernel_batch_size": 4,
+            "output_dir": tmp_path / name,
+            "kernel_cache_dir": tmp_path / name / "cache",
+        }
         _cli(launcher, flags, tmp_path)
         cached[name] = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / name / "cache").glob("*.pt")}
     assert len(cached["one"]) == 2 and cached["one"].keys() == cached["two"].keys()
@@ -158,11 +165,27 @@ def test_two_processes_compute_the_same_kernel_as_one(tmp_path):
 def test_compare_trains_the_same_split_and_tabulates(tmp_path):
     config = tmp_path / "compare.yaml"
     config.write_text("max_steps: 4\nper_device_train_batch_size: 8\n", encoding="utf-8")
-    flags = {**FLAGS, "output_dir": tmp_path / "out", "kernel_cache_dir": tmp_path / "cache", "compare": "full,zo",
-             "compare_config": config}
+    flags = {
+        **FLAGS,
+        "output_dir": tmp_path / "out",
+        "kernel_cache_dir": tmp_path / "cache",
+        "compare": "full,zo",
+        "compare_config": config,
+    }
     proc = _cli([sys.executable, "-m", "llmtune", "kernel"], flags, tmp_path)
     out = tmp_path / "out" / "demo_sst2"
     rows = json.loads((out / "compare.json").read_text())
     assert set(rows) == {"kernel", "full", "zo"} and all(0.0 <= v <= 1.0 for v in rows.values())
     assert len((out / "kshot" / "train.jsonl").read_text().splitlines()) == 8  # the kernel's own k-shot split
     assert (out / "compare" / "full" / "eval").is_dir() and "| zo fine-tuning |" in proc.stdout
+
+
+def test_examples_are_valid_kernel_configs(monkeypatch):
+    from llmtune.kernel.config import load_kernel_arguments
+
+    monkeypatch.chdir(ROOT)  # the compare example names its training keys by a path from the repository
+    configs = [p for p in sorted((ROOT / "examples" / "kernel").glob("*.yaml")) if "task:" in p.read_text()]
+    assert len(configs) == 3
+    for path in configs:
+        run = load_kernel_arguments([str(path)])
+        assert run.kernel.task in ("demo_sst2", "sst2") and run.kernel.k_shot == 16

@@ -14,6 +14,7 @@ KERNEL_DATA_KEYS = ("dataset_dir", "max_samples", "cutoff_len", "skip_bad_rows")
 KERNEL_FORMULAS = ("sgd", "signgd", "asymmetric_signgd")
 KERNEL_SOLVERS = ("lstsq", "logistic", "svr")
 KERNEL_PARAMS = ("all", "no_embeddings", "biases", "lora")
+KERNEL_DTYPES = ("float32", "bfloat16", "float16")
 COMPARE_METHODS = ("full", "zo")
 
 
@@ -23,7 +24,9 @@ class KernelArguments:
 
     task: str | None = field(
         default=None,
-        metadata={"help": "A choice task from tasks.json (sst2, rte, cb, boolq, demo_sst2, ...): its prompt and label words."},
+        metadata={
+            "help": "A choice task from tasks.json (sst2, rte, cb, boolq, demo_sst2, ...): its prompt and label words."
+        },
     )
     k_shot: int = field(
         default=16, metadata={"help": "Training examples per class, drawn with seed from the task's train split."}
@@ -62,6 +65,13 @@ class KernelArguments:
             "2 x kernel_batch_size x classes x kernel_block_params x 4 bytes (a larger tensor is a block alone)."
         },
     )
+    kernel_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Precision of the weights and the Jacobians: float32, bfloat16 or float16 (large models on a "
+            "GPU); the kernel's products are always summed in float64."
+        },
+    )
     kernel_ridge: float = field(
         default=0.0,
         metadata={"help": "lstsq: ridge term lambda x ||K|| (Frobenius norm) added to the kernel's diagonal; 0: none."},
@@ -85,7 +95,8 @@ class KernelArguments:
     )
     lora_rank: int = field(default=8, metadata={"help": "kernel_params lora: rank of the adapter."})
     lora_target: str = field(
-        default="q_proj,v_proj", metadata={"help": "kernel_params lora: linear layers adapted, comma-separated, or all."}
+        default="q_proj,v_proj",
+        metadata={"help": "kernel_params lora: linear layers adapted, comma-separated, or all."},
     )
     output_dir: str | None = field(
         default=None, metadata={"help": "Where results go (<output_dir>/<task>/). Default: saves/kernel/<model>."}

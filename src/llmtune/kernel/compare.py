@@ -77,8 +77,8 @@ def training_config(run: KernelRun, method: str, dataset: str, dataset_dir: Path
 def run_compare(run: KernelRun, data: Any, kernel_result: dict, say: Callable[[str], None]) -> dict[str, Any]:
     """Train and score every ``compare`` method on the kernel's split; write ``compare.md``/``compare.json``."""
     from llmtune.eval.config import parse_eval_args
-    from llmtune.eval.task_eval import evaluate_task, prepare_task
     from llmtune.eval.model import load_eval_model
+    from llmtune.eval.task_eval import evaluate_task, prepare_task
     from llmtune.hparams import parse_args
     from llmtune.train.run import run_sft
 
@@ -92,8 +92,13 @@ def run_compare(run: KernelRun, data: Any, kernel_result: dict, say: Callable[[s
         say(f"compare: training {method} on {len(data.train)} examples ({split_dir})")
         run_sft(parse_args(training_config(run, method, name, split_dir, run_dir)))
         eval_run = parse_eval_args(
-            {"model_name_or_path": str(run_dir), "task": name, "dataset_dir": str(split_dir), "task_format": "plain",
-             "output_dir": str(run_dir / "eval")}
+            {
+                "model_name_or_path": str(run_dir),
+                "task": name,
+                "dataset_dir": str(split_dir),
+                "task_format": "plain",
+                "output_dir": str(run_dir / "eval"),
+            }
         )
         scored = evaluate_task(eval_run, prepare_task(eval_run, name), *load_eval_model(eval_run))
         rows[method] = scored["metrics"]["accuracy"]

@@ -20,6 +20,7 @@ from llmtune.hparams.data_args import DataArguments
 from llmtune.hparams.kernel_args import (
     COMPARE_METHODS,
     KERNEL_DATA_KEYS,
+    KERNEL_DTYPES,
     KERNEL_FORMULAS,
     KERNEL_PARAMS,
     KERNEL_SOLVERS,
@@ -98,7 +99,10 @@ def parse_kernel_args(config: dict[str, Any]) -> KernelRun:
         raise ConfigError(f"unknown kernel key {key!r}{suggest(key, owners)}{more}; see `llmtune kernel --help`")
     hints = {cls: typing.get_type_hints(cls) for cls in set(owners.values())}
     given = {key: coerce(key, value, hints[owners[key]][key]) for key, value in config.items()}
-    built = {cls: cls(**{k: v for k, v in given.items() if owners[k] is cls}) for cls in (ModelArguments, DataArguments, KernelArguments)}
+    built = {
+        cls: cls(**{k: v for k, v in given.items() if owners[k] is cls})
+        for cls in (ModelArguments, DataArguments, KernelArguments)
+    }
     run = KernelRun(built[ModelArguments], built[DataArguments], built[KernelArguments], given)
     validate_kernel(run)
     return run
@@ -119,7 +123,9 @@ def validate_kernel(run: KernelRun) -> None:
         raise ConfigError("task: required; a choice task from tasks.json (e.g. sst2, rte, demo_sst2)")
     tasks = load_tasks(run.data.dataset_dir)
     if args.task not in tasks:
-        raise ConfigError(f"task: {args.task!r} is not a task{suggest(args.task, tasks)}; tasks: {', '.join(sorted(tasks))}")
+        raise ConfigError(
+            f"task: {args.task!r} is not a task{suggest(args.task, tasks)}; tasks: {', '.join(sorted(tasks))}"
+        )
     task = tasks[args.task]
     if task.kind != "choice":
         choice = ", ".join(sorted(n for n, t in tasks.items() if t.kind == "choice"))
@@ -130,6 +136,8 @@ def validate_kernel(run: KernelRun) -> None:
         raise one_of("kernel_solver", args.kernel_solver, KERNEL_SOLVERS)
     if args.kernel_params not in KERNEL_PARAMS:
         raise one_of("kernel_params", args.kernel_params, KERNEL_PARAMS)
+    if args.kernel_dtype not in KERNEL_DTYPES:
+        raise one_of("kernel_dtype", args.kernel_dtype, KERNEL_DTYPES)
     if args.kernel_formula == "asymmetric_signgd" and len(task.options) != 2:
         raise ConfigError(
             f"kernel_formula: asymmetric_signgd works on binary tasks (one logit difference); "

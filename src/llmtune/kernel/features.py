@@ -131,7 +131,9 @@ def add_lora(model: torch.nn.Module, rank: int, target: str) -> torch.nn.Module:
     targets = available if targets == ["all"] else targets
     missing = [t for t in targets if t not in available]
     if missing:
-        raise ConfigError(f"lora_target: {', '.join(missing)} matches no linear layer; this model has: {', '.join(available)}")
+        raise ConfigError(
+            f"lora_target: {', '.join(missing)} matches no linear layer; this model has: {', '.join(available)}"
+        )
     config = LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets)
     torch.manual_seed(0)  # the adapter's A matrices: the same kernel on every process and every run
     return get_peft_model(model, config)

@@ -46,7 +46,9 @@ def parameter_blocks(params: dict[str, torch.Tensor], block_params: int) -> list
     return blocks
 
 
-def jacobian(output_fn: OutputFn, params: dict[str, torch.Tensor], names: list[str], batch: KernelBatch) -> torch.Tensor:
+def jacobian(
+    output_fn: OutputFn, params: dict[str, torch.Tensor], names: list[str], batch: KernelBatch
+) -> torch.Tensor:
     """Per-example Jacobians ``[B, C, P_block]`` of ``output_fn`` with respect to the parameters ``names``.
 
     Examples do not interact in a forward pass (no batch statistics), so the Jacobian of the
@@ -108,7 +110,9 @@ def compute_kernel(
     kernel = torch.zeros(row_start[-1], classes, col_start[-1], classes, dtype=torch.float64)
     mine = tiles(len(row_batches), len(cols), symmetric)[rank::world]
     for done, (a, b) in enumerate(mine):
-        tile = torch.zeros(row_start[a + 1] - row_start[a], classes, col_start[b + 1] - col_start[b], classes, dtype=torch.float64)
+        tile = torch.zeros(
+            row_start[a + 1] - row_start[a], classes, col_start[b + 1] - col_start[b], classes, dtype=torch.float64
+        )
         for names in blocks:
             left = jacobian(output_fn, params, names, row_batches[a])
             right = left if same and a == b else jacobian(output_fn, params, names, cols[b])

@@ -88,6 +88,7 @@ def cache_path(run: KernelRun, split: str, rows: list[TaskExample], cols: list[T
         "params": args.kernel_params,
         "lora": [args.lora_rank, args.lora_target] if args.kernel_params == "lora" else None,
         "cutoff_len": run.data.cutoff_len,
+        "dtype": args.kernel_dtype,
         "rows": [[e.prompt, e.options] for e in rows],
         "cols": [[e.prompt, e.options] for e in cols],
     }
@@ -165,7 +166,7 @@ def _compute(run: KernelRun, data: KernelData, splits: list[str], rank: int, wor
 
     args = run.kernel
     tokenizer = load_tokenizer(run.model)
-    model = load_model(run.model, for_training=False)
+    model = load_model(run.model, args.kernel_dtype, for_training=False)
     if run.model.adapter_name_or_path:
         from peft import PeftModel
 
@@ -182,8 +183,12 @@ def _compute(run: KernelRun, data: KernelData, splits: list[str], rank: int, wor
     every = {n: p.detach() for n, p in model.named_parameters()}
     logger.info(
         "kernel: %s parameters (%s) in %d blocks, %d training and %d eval examples, %d process(es)",
-        f"{sum(p.numel() for p in params.values()):,}", args.kernel_params, len(blocks), len(data.train),
-        len(data.eval), world,
+        f"{sum(p.numel() for p in params.values()):,}",
+        args.kernel_params,
+        len(blocks),
+        len(data.train),
+        len(data.eval),
+        world,
     )
     limit = min(run.data.cutoff_len, getattr(model.config, "max_position_embeddings", None) or run.data.cutoff_len)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -286,7 +291,9 @@ def summary_line(result: dict[str, Any]) -> str:
     )
 
 
-def _write(run: KernelRun, result: dict, examples: list[TaskExample], outputs: torch.Tensor, predicted: list[int]) -> None:
+def _write(
+    run: KernelRun, result: dict, examples: list[TaskExample], outputs: torch.Tensor, predicted: list[int]
+) -> None:
     out = run.output_dir / result["task"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -92,7 +92,12 @@ def _scale(gram: torch.Tensor) -> torch.Tensor:
 def _minimise(loss_fn, size: int) -> torch.Tensor:
     alpha = torch.zeros(size, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
-        [alpha], lr=1.0, max_iter=MAX_ITERATIONS, tolerance_grad=1e-10, tolerance_change=1e-14, line_search_fn="strong_wolfe"
+        [alpha],
+        lr=1.0,
+        max_iter=MAX_ITERATIONS,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
     )
 
     def closure() -> torch.Tensor:
