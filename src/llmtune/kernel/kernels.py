@@ -8,7 +8,8 @@ For outputs ``f(x) in R^C`` and parameters ``theta``, with ``J(x) = df(x)/dtheta
   signGD step on ``x_i`` moves ``f(x_j)`` by this much (not symmetric: both orders are kept).
 
 Memory: parameters are streamed in blocks (``parameter_blocks``); the kernel is a sum over blocks,
-so only one block's Jacobians of one row batch and one column batch are alive at a time. Jacobians
+so only one block's Jacobians of one row batch and one column batch are alive at a time (the row
+batch's is reused across its column batches; the column batches' are recomputed per row batch). Jacobians
 come from ``torch.func.jacrev`` (one forward, a vmapped backward per batch) in the model's dtype;
 the products are accumulated in float64. The kernel is cut into tiles (row batch x column batch);
 under torchrun each process computes every ``world``-th tile and a sum across processes fills the rest,
@@ -109,22 +110,33 @@ def compute_kernel(
     classes = _classes(output_fn, params, row_batches[0])
     kernel = torch.zeros(row_start[-1], classes, col_start[-1], classes, dtype=torch.float64)
     mine = tiles(len(row_batches), len(cols), symmetric)[rank::world]
-    for done, (a, b) in enumerate(mine):
-        tile = torch.zeros(
-            row_start[a + 1] - row_start[a], classes, col_start[b + 1] - col_start[b], classes, dtype=torch.float64
-        )
+    by_row: dict[int, list[int]] = {}
+    for a, b in mine:
+        by_row.setdefault(a, []).append(b)
+    done = 0
+    for a, col_indices in by_row.items():
+        # One row batch's Jacobian per block, reused for all of this process's tiles in that row.
+        rows = row_start[a + 1] - row_start[a]
+        sums = {
+            b: torch.zeros(rows, classes, col_start[b + 1] - col_start[b], classes, dtype=torch.float64)
+            for b in col_indices
+        }
         for names in blocks:
             left = jacobian(output_fn, params, names, row_batches[a])
-            right = left if same and a == b else jacobian(output_fn, params, names, cols[b])
-            tile += kernel_product(left, right, formula).cpu()
-            del left, right
-        if symmetric and a == b:  # a matrix product with itself is symmetric only up to rounding
-            tile = (tile + tile.permute(2, 3, 0, 1)) / 2
-        kernel[row_start[a] : row_start[a + 1], :, col_start[b] : col_start[b + 1]] = tile
-        if symmetric and a != b:
-            kernel[col_start[b] : col_start[b + 1], :, row_start[a] : row_start[a + 1]] = tile.permute(2, 3, 0, 1)
+            for b in col_indices:
+                right = left if same and a == b else jacobian(output_fn, params, names, cols[b])
+                sums[b] += kernel_product(left, right, formula).cpu()
+                del right
+            del left
+        for b, tile in sums.items():
+            if symmetric and a == b:  # a matrix product with itself is symmetric only up to rounding
+                tile = (tile + tile.permute(2, 3, 0, 1)) / 2
+            kernel[row_start[a] : row_start[a + 1], :, col_start[b] : col_start[b + 1]] = tile
+            if symmetric and a != b:
+                kernel[col_start[b] : col_start[b + 1], :, row_start[a] : row_start[a + 1]] = tile.permute(2, 3, 0, 1)
+        done += len(col_indices)
         if progress is not None:
-            progress(done + 1, len(mine))
+            progress(done, len(mine))
     return kernel
 
 
