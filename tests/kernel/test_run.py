@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -138,26 +137,22 @@ def _cli(launcher: list[str], flags: dict, cwd: Path) -> subprocess.CompletedPro
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_two_processes_compute_the_same_kernel_as_one(tmp_path):
-    launchers = {
-        "one": [sys.executable, "-m", "llmtune", "kernel"],
-        "two": [shutil.which("torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "llmtune", "kernel"],
+    flags = {**FLAGS, "kernel_batch_size": 4}  # 2 row and 2 column batches: tiles for both processes
+    run_kernel(_run(tmp_path / "one", **flags), say=lambda _line: None)  # one thread, as the workers below
+    two = [shutil.which("torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "llmtune", "kernel"]
+    _cli(
+        two, {**flags, "output_dir": tmp_path / "two" / "out", "kernel_cache_dir": tmp_path / "two" / "cache"}, tmp_path
+    )
+    cached = {
+        name: {p.name: torch.load(p, weights_only=True) for p in (tmp_path / name / "cache").glob("*.pt")}
+        for name in ("one", "two")
     }
-    cached = {}
-    for name, launcher in launchers.items():
-        flags = {
-            **FLAGS,
-            "kernel_batch_size": 4,
-            "output_dir": tmp_path / name,
-            "kernel_cache_dir": tmp_path / name / "cache",
-        }
-        _cli(launcher, flags, tmp_path)
-        cached[name] = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / name / "cache").glob("*.pt")}
     assert len(cached["one"]) == 2 and cached["one"].keys() == cached["two"].keys()
     for file, content in cached["one"].items():
         assert torch.equal(content["kernel"], cached["two"][file]["kernel"]), file
         assert torch.equal(content["f0"], cached["two"][file]["f0"]), file
-    one = json.loads((tmp_path / "one" / "demo_sst2" / "results.json").read_text())
-    two = json.loads((tmp_path / "two" / "demo_sst2" / "results.json").read_text())
+    one = json.loads((tmp_path / "one" / "out" / "demo_sst2" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "out" / "demo_sst2" / "results.json").read_text())
     assert one["metrics"] == two["metrics"]
 
 
@@ -165,19 +160,14 @@ def test_two_processes_compute_the_same_kernel_as_one(tmp_path):
 def test_compare_trains_the_same_split_and_tabulates(tmp_path):
     config = tmp_path / "compare.yaml"
     config.write_text("max_steps: 4\nper_device_train_batch_size: 8\n", encoding="utf-8")
-    flags = {
-        **FLAGS,
-        "output_dir": tmp_path / "out",
-        "kernel_cache_dir": tmp_path / "cache",
-        "compare": "full,zo",
-        "compare_config": config,
-    }
-    proc = _cli([sys.executable, "-m", "llmtune", "kernel"], flags, tmp_path)
+    lines = []
+    result = run_kernel(_run(tmp_path, compare="full,zo", compare_config=str(config)), say=lines.append)
     out = tmp_path / "out" / "demo_sst2"
     rows = json.loads((out / "compare.json").read_text())
-    assert set(rows) == {"kernel", "full", "zo"} and all(0.0 <= v <= 1.0 for v in rows.values())
+    assert rows == result["compare"] and set(rows) == {"kernel", "full", "zo"}
+    assert all(0.0 <= v <= 1.0 for v in rows.values())
     assert len((out / "kshot" / "train.jsonl").read_text().splitlines()) == 8  # the kernel's own k-shot split
-    assert (out / "compare" / "full" / "eval").is_dir() and "| zo fine-tuning |" in proc.stdout
+    assert (out / "compare" / "full" / "eval").is_dir() and "| zo fine-tuning |" in lines[-1]
 
 
 def test_examples_are_valid_kernel_configs(monkeypatch):
