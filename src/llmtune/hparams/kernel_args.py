@@ -77,7 +77,11 @@ class KernelArguments:
         metadata={"help": "lstsq: ridge term lambda x ||K|| (Frobenius norm) added to the kernel's diagonal; 0: none."},
     )
     kernel_c: float = field(
-        default=1.0, metadata={"help": "logistic and svr: inverse regularisation strength C (as in scikit-learn)."}
+        default=1000.0,
+        metadata={
+            "help": "logistic and svr: inverse regularisation strength C (as in scikit-learn), on the kernel divided "
+            "by its mean diagonal; the default fits the k-shot training set, as fine-tuning does."
+        },
     )
     kernel_svr_epsilon: float = field(
         default=0.1, metadata={"help": "svr: width of the loss-free tube around the targets."}

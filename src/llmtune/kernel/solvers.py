@@ -53,7 +53,7 @@ def solve(
     f0_eval: torch.Tensor,
     *,
     ridge: float = 0.0,
-    c_reg: float = 1.0,
+    c_reg: float = 1000.0,
     epsilon: float = 0.1,
     symmetric: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
