@@ -135,3 +135,27 @@ def test_kernel_prediction_equals_gradient_descent_on_a_linear_model():
         trained_eval = x_eval @ trained["W"].T + trained["b"]
     torch.testing.assert_close(predicted, trained_eval, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(predicted, f0_eval, atol=1e-2)  # the prediction moved from the initial output
+
+
+def test_lora_parameters_start_with_zero_jacobians_for_a(tiny):
+    """kernel_params lora: a fresh adapter; at initialisation B = 0, so only the B matrices move the logits."""
+    from llmtune.kernel.features import add_lora
+    from llmtune.model import load_model
+
+    _, tokenizer, items, _, _ = tiny
+    model = add_lora(
+        load_model(ModelArguments(model_name_or_path="llmtune/tiny-llama"), for_training=False), 4, "q_proj"
+    )
+    params = select_parameters(model.eval(), "lora")
+    assert params and all("lora_" in name for name in params)
+    every = {n: p.detach() for n, p in model.named_parameters()}
+    output_fn = label_logits(model)
+    batch = batches(items, 5, tokenizer.pad_token_id)[0]
+    from llmtune.kernel.kernels import jacobian
+
+    def fn(part, batch):
+        return output_fn({**every, **part}, batch)
+
+    jac = {name: jacobian(fn, params, [name], batch) for name in params}
+    assert all(jac[n].abs().max() == 0 for n in params if "lora_A" in n)
+    assert all(jac[n].abs().max() > 0 for n in params if "lora_B" in n)
