@@ -4,6 +4,7 @@ llmtune train CONFIG.yaml [--key value ...]     train (flags override the file's
 llmtune validate CONFIG.yaml [--key value ...]  check config and data, load no weights
 llmtune estimate CONFIG.yaml [--key value ...]  GPU memory the run needs, load no weights
 llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]  score tasks (sst2, ...) or MT-bench with a judge
+llmtune kernel [CONFIG.yaml] [--key value ...]  eNTK of prompt-based fine-tuning on a k-shot split
 llmtune env | version | webui
 """
 
@@ -20,6 +21,7 @@ commands:
   validate   check a config and its datasets without loading any weights
   estimate   the GPU memory a config's run needs, by finetuning type, without loading any weights
   eval       score a model or a training run on tasks (sst2, squad, ...) or MT-bench (see `llmtune eval --help`)
+  kernel     the eNTK view of fine-tuning: k-shot accuracy from a kernel, no training (see `llmtune kernel --help`)
   webui      the Gradio app (not available yet: issue #7)
   env        versions of the libraries and the devices llmtune sees
   version    llmtune's version
@@ -114,6 +116,14 @@ def cmd_eval(tokens: list[str]) -> int:
     return 0
 
 
+def cmd_kernel(tokens: list[str]) -> int:
+    from llmtune.kernel.config import load_kernel_arguments
+    from llmtune.kernel.run import run_kernel
+
+    run_kernel(load_kernel_arguments(tokens))
+    return 0
+
+
 def cmd_train(tokens: list[str]) -> int:
     from llmtune.hparams import load_run_arguments
     from llmtune.train.run import run_sft
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate": cmd_validate,
         "estimate": cmd_estimate,
         "eval": cmd_eval,
+        "kernel": cmd_kernel,
         "env": lambda _t: cmd_env(),
     }
     if command not in commands:
@@ -161,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             from llmtune.eval.config import eval_options_text
 
             print(eval_options_text())
+            return 0
+        if command == "kernel":
+            from llmtune.kernel.config import kernel_options_text
+
+            print(kernel_options_text())
             return 0
         from llmtune.hparams.docs import options_text
 

@@ -1,0 +1,124 @@
+"""Arguments of ``llmtune kernel``: the eNTK of prompt-based fine-tuning (Malladi et al., 2023).
+
+The model keys are :class:`~llmtune.hparams.model_args.ModelArguments`' and a few data keys are
+:class:`~llmtune.hparams.data_args.DataArguments`' (``KERNEL_DATA_KEYS``); the rest is here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The DataArguments keys that mean the same for a kernel run (max_samples caps the eval split).
+KERNEL_DATA_KEYS = ("dataset_dir", "max_samples", "cutoff_len", "skip_bad_rows")
+
+KERNEL_FORMULAS = ("sgd", "signgd", "asymmetric_signgd")
+KERNEL_SOLVERS = ("lstsq", "logistic", "svr")
+KERNEL_PARAMS = ("all", "no_embeddings", "biases", "lora")
+KERNEL_DTYPES = ("float32", "bfloat16", "float16")
+COMPARE_METHODS = ("full", "zo")
+
+
+@dataclass
+class KernelArguments:
+    """What ``llmtune kernel`` computes, how it solves the kernel problem, and where it writes."""
+
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "A choice task from tasks.json (sst2, rte, cb, boolq, demo_sst2, ...): its prompt and label words."
+        },
+    )
+    k_shot: int = field(
+        default=16, metadata={"help": "Training examples per class, drawn with seed from the task's train split."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the k-shot draw (and of the compared training runs)."})
+    kernel_formula: str = field(
+        default="sgd",
+        metadata={
+            "help": "sgd: inner products of the label-word logits' Jacobians (the eNTK); signgd: inner products of "
+            "their signs; asymmetric_signgd (binary tasks): sign of the training example's Jacobian against the "
+            "plain Jacobian of the other, on the difference of the two label-word logits."
+        },
+    )
+    kernel_solver: str = field(
+        default="lstsq",
+        metadata={
+            "help": "lstsq: kernel least squares (kernel_ridge adds a ridge term); logistic: kernel logistic "
+            "regression (cross-entropy over the label words); svr: L2-loss kernel SVR. All fit the change "
+            "from the initial output (kernel_subtract_init)."
+        },
+    )
+    kernel_params: str = field(
+        default="all",
+        metadata={
+            "help": "Parameters the Jacobians are taken over: all; no_embeddings (not the input embedding matrix); "
+            "biases (parameters named *bias); lora (a fresh LoRA adapter, lora_rank on lora_target)."
+        },
+    )
+    kernel_batch_size: int = field(
+        default=8, metadata={"help": "Examples per Jacobian along each kernel axis (rows and columns)."}
+    )
+    kernel_block_params: int = field(
+        default=20_000_000,
+        metadata={
+            "help": "Parameters per streamed block: the Jacobians of one block are held at a time, about "
+            "2 x kernel_batch_size x classes x kernel_block_params x 4 bytes (a larger tensor is a block alone)."
+        },
+    )
+    kernel_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Precision of the weights and the Jacobians: float32, bfloat16 or float16 (large models on a "
+            "GPU); the kernel's products are always summed in float64."
+        },
+    )
+    kernel_ridge: float = field(
+        default=0.0,
+        metadata={"help": "lstsq: ridge term lambda x ||K|| (Frobenius norm) added to the kernel's diagonal; 0: none."},
+    )
+    kernel_c: float = field(
+        default=1000.0,
+        metadata={
+            "help": "logistic and svr: inverse regularisation strength C (as in scikit-learn), on the kernel divided "
+            "by its mean diagonal; the default fits the k-shot training set, as fine-tuning does."
+        },
+    )
+    kernel_svr_epsilon: float = field(
+        default=0.1, metadata={"help": "svr: width of the loss-free tube around the targets."}
+    )
+    kernel_subtract_init: bool = field(
+        default=True,
+        metadata={"help": "Fit the targets minus the model's initial label-word logits, and add them back to predict."},
+    )
+    kernel_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where kernels are cached, keyed by model, task, split, seed, formula and parameters "
+            "(default: $LLMTUNE_HOME/kernel_cache). A second run with another solver loads no model."
+        },
+    )
+    lora_rank: int = field(default=8, metadata={"help": "kernel_params lora: rank of the adapter."})
+    lora_target: str = field(
+        default="q_proj,v_proj",
+        metadata={"help": "kernel_params lora: linear layers adapted, comma-separated, or all."},
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where results go (<output_dir>/<task>/). Default: saves/kernel/<model>."}
+    )
+    model_id: str | None = field(
+        default=None, metadata={"help": "The model's name in result files and tables (default: from the model path)."}
+    )
+    compare: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also fine-tune the same k-shot split with these finetuning types (full, zo; comma-separated) "
+            "through llmtune train, and put their accuracies beside the kernel's."
+        },
+    )
+    compare_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "A YAML file of llmtune train keys for the compared runs (learning_rate, max_steps, ...); a key "
+            "named after a method (full:, zo:) holds keys for that method only."
+        },
+    )

@@ -1,0 +1,181 @@
+"""``llmtune kernel`` end to end on the tiny model: result files, the cache, the solvers, bad input, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmtune.cli import main
+from llmtune.kernel.config import parse_kernel_args
+from llmtune.kernel.run import compute_kernels, load_kernel_data, run_kernel
+from llmtune.kernel.solvers import solve, targets
+
+ROOT = Path(__file__).resolve().parents[2]
+FLAGS = {
+    "task": "demo_sst2",
+    "model_name_or_path": "llmtune/tiny-llama",
+    "k_shot": 4,
+    "seed": 3,
+    "max_samples": 8,
+    "cutoff_len": 64,
+    "kernel_batch_size": 8,
+    "kernel_params": "no_embeddings",
+}
+
+
+def _run(tmp: Path, **overrides):
+    return parse_kernel_args(
+        {**FLAGS, "output_dir": str(tmp / "out"), "kernel_cache_dir": str(tmp / "cache"), **overrides}
+    )
+
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory):
+    """One kernel computation (8 training, 8 eval examples), the run and its data."""
+    tmp = tmp_path_factory.mktemp("kernel")
+    run = _run(tmp)
+    data = load_kernel_data(run)
+    return tmp, run, data, compute_kernels(run, data)
+
+
+def test_k_shot_split_has_k_examples_per_class(computed):
+    _, _, data, kernels = computed
+    assert sorted(e.label for e in data.train) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert kernels["train"]["kernel"].shape == (8, 2, 8, 2)
+    assert kernels["eval"]["kernel"].shape == (8, 2, 8, 2)
+    assert kernels["eval"]["f0"].shape == (8, 2)
+
+
+def test_lstsq_without_ridge_interpolates_the_training_labels(computed):
+    _, _, data, kernels = computed
+    labels = torch.tensor([e.label for e in data.train])
+    train, k_eval = kernels["train"], kernels["eval"]
+    fitted, _ = solve("lstsq", train["kernel"], k_eval["kernel"], labels, train["f0"], k_eval["f0"])
+    torch.testing.assert_close(fitted, targets(labels, 2), rtol=0, atol=1e-6)
+    assert not torch.allclose(train["f0"], targets(labels, 2), atol=0.5)  # the model alone did not fit them
+    ridged, _ = solve("lstsq", train["kernel"], k_eval["kernel"], labels, train["f0"], k_eval["f0"], ridge=1.0)
+    assert (ridged - targets(labels, 2)).abs().max() > 1e-3  # a ridge term no longer interpolates
+
+
+def test_second_run_reads_the_cache_and_loads_no_model(computed, monkeypatch):
+    tmp, run, data, kernels = computed
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the model was loaded although the kernels are cached")
+
+    monkeypatch.setattr("llmtune.model.load_model", refuse)
+    again = compute_kernels(run, data)
+    for split in ("train", "eval"):
+        assert torch.equal(again[split]["kernel"], kernels[split]["kernel"])
+        assert torch.equal(again[split]["f0"], kernels[split]["f0"])
+    for solver in ("lstsq", "logistic", "svr"):
+        result = run_kernel(_run(tmp, kernel_solver=solver), say=lambda _line: None)
+        assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
+        if solver == "lstsq":
+            assert result["kernel"]["train_accuracy"] == 1.0
+    out = tmp / "out" / "demo_sst2"
+    saved = json.loads((out / "results.json").read_text())
+    # llmtune eval's result format, plus the kernel's settings
+    assert {"task", "model_id", "split", "examples", "metrics", "num_demos", "format"} <= saved.keys()
+    assert saved["examples"] == 8 and saved["kernel"]["solver"] == "svr"
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and {"prediction", "label", "correct"} <= json.loads(lines[0]).keys()
+
+
+def test_another_seed_or_formula_is_another_cache_entry(computed):
+    from llmtune.kernel.run import cache_path
+
+    tmp, run, data, _ = computed
+    base = cache_path(run, "train", data.train, data.train)
+    assert base.is_file()
+    other = _run(tmp, kernel_formula="signgd")
+    assert cache_path(other, "train", data.train, data.train) != base
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--kernel_formul", "sgd"], "did you mean 'kernel_formula'"),
+        (["--kernel_solver", "ridge"], "kernel_solver"),
+        (["--task", "demo_squad"], "generation task"),
+        (["--task", "cb", "--kernel_formula", "asymmetric_signgd"], "binary tasks"),
+        (["--compare", "full,lora"], "compare"),
+        (["--k_shot", "0"], "k_shot"),
+    ],
+)
+def test_bad_input_is_one_line_before_loading(flags, message, capsys):
+    base = ["--task", "demo_sst2", "--model_name_or_path", "llmtune/tiny-llama"]
+    assert main(["kernel", *base, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_help_lists_the_kernel_keys(capsys):
+    assert main(["kernel", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--kernel_formula" in text and "--kernel_batch_size" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses: torchrun, and the comparison with fine-tuning
+
+
+def _cli(launcher: list[str], flags: dict, cwd: Path) -> subprocess.CompletedProcess:
+    args = [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_two_processes_compute_the_same_kernel_as_one(tmp_path):
+    flags = {**FLAGS, "kernel_batch_size": 4}  # 2 row and 2 column batches: tiles for both processes
+    run_kernel(_run(tmp_path / "one", **flags), say=lambda _line: None)  # one thread, as the workers below
+    two = [shutil.which("torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "llmtune", "kernel"]
+    _cli(
+        two, {**flags, "output_dir": tmp_path / "two" / "out", "kernel_cache_dir": tmp_path / "two" / "cache"}, tmp_path
+    )
+    cached = {
+        name: {p.name: torch.load(p, weights_only=True) for p in (tmp_path / name / "cache").glob("*.pt")}
+        for name in ("one", "two")
+    }
+    assert len(cached["one"]) == 2 and cached["one"].keys() == cached["two"].keys()
+    for file, content in cached["one"].items():
+        assert torch.equal(content["kernel"], cached["two"][file]["kernel"]), file
+        assert torch.equal(content["f0"], cached["two"][file]["f0"]), file
+    one = json.loads((tmp_path / "one" / "out" / "demo_sst2" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "out" / "demo_sst2" / "results.json").read_text())
+    assert one["metrics"] == two["metrics"]
+
+
+@pytest.mark.slow
+def test_compare_trains_the_same_split_and_tabulates(tmp_path):
+    config = tmp_path / "compare.yaml"
+    config.write_text("max_steps: 4\nper_device_train_batch_size: 8\n", encoding="utf-8")
+    lines = []
+    result = run_kernel(_run(tmp_path, compare="full,zo", compare_config=str(config)), say=lines.append)
+    out = tmp_path / "out" / "demo_sst2"
+    rows = json.loads((out / "compare.json").read_text())
+    assert rows == result["compare"] and set(rows) == {"kernel", "full", "zo"}
+    assert all(0.0 <= v <= 1.0 for v in rows.values())
+    assert len((out / "kshot" / "train.jsonl").read_text().splitlines()) == 8  # the kernel's own k-shot split
+    assert (out / "compare" / "full" / "eval").is_dir() and "| zo fine-tuning |" in lines[-1]
+
+
+def test_examples_are_valid_kernel_configs(monkeypatch):
+    from llmtune.kernel.config import load_kernel_arguments
+
+    monkeypatch.chdir(ROOT)  # the compare example names its training keys by a path from the repository
+    configs = [p for p in sorted((ROOT / "examples" / "kernel").glob("*.yaml")) if "task:" in p.read_text()]
+    assert len(configs) == 3
+    for path in configs:
+        run = load_kernel_arguments([str(path)])
+        assert run.kernel.task in ("demo_sst2", "sst2") and run.kernel.k_shot == 16
