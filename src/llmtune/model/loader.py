@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, one_of, suggest
 from llmtune.hparams.model_args import ModelArguments
+from llmtune.model.quantization import quantized_load_kwargs
 from llmtune.model.tiny import TINY_MODEL_NAME, ensure_tiny_model
 
 logger = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ def load_model(
 ) -> PreTrainedModel:
     """Load the causal LM in ``torch_dtype`` (default float32; ``"auto"`` keeps the checkpoint's).
 
-    The attention implementation follows ``flash_attn``. For training the KV cache is off
+    With ``quantization_bit`` the linear layers load quantised by bitsandbytes and the rest in the
+    compute dtype (see :mod:`llmtune.model.quantization`). The attention implementation follows ``flash_attn``. For training the KV cache is off
     (``use_cache=False``: it only costs memory when every step sees the whole sequence).
     """
     path = resolve_model_path(model_args)
@@ -210,6 +212,7 @@ def load_model(
     attn = _attn_implementation(model_args.flash_attn)
     if attn is not None:
         kwargs["attn_implementation"] = attn
+    kwargs.update(quantized_load_kwargs(model_args))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:

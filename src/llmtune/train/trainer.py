@@ -34,7 +34,14 @@ class LlmtuneTrainer(SFTTrainer):
     """SFTTrainer with atomic, verified checkpoints and a non-finite-loss guard."""
 
     def __init__(self, *args, finetuning_type: str = "full", stop_on_nan: bool = True, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        # TRL casts the trainable parameters of a quantised (QLoRA) model to bfloat16; keep the dtype the
+        # method gave them (float32 adapters, as PEFT and LLaMA-Factory do), so Adam's updates are not rounded away.
+        dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad} if model is not None else {}
         super().__init__(*args, **kwargs)
+        for name, param in self.model.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
         self.finetuning_type = finetuning_type
         self.stop_on_nan = stop_on_nan
         self.nonfinite_loss: tuple[int, float] | None = None  # (step, loss) of the first NaN/inf loss
