@@ -4,6 +4,7 @@ llmtune train CONFIG.yaml [--key value ...]     train (flags override the file's
 llmtune validate CONFIG.yaml [--key value ...]  check config and data, load no weights
 llmtune estimate CONFIG.yaml [--key value ...]  GPU memory the run needs, load no weights
 llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]  score tasks (sst2, ...) or MT-bench with a judge
+llmtune export --model_name_or_path BASE --adapter_name_or_path ADAPTER --export_dir DIR  merge a LoRA adapter
 llmtune env | version | webui
 """
 
@@ -20,6 +21,7 @@ commands:
   validate   check a config and its datasets without loading any weights
   estimate   the GPU memory a config's run needs, by finetuning type, without loading any weights
   eval       score a model or a training run on tasks (sst2, squad, ...) or MT-bench (see `llmtune eval --help`)
+  export     merge a LoRA adapter (QLoRA too) into its base and write a standard model folder
   webui      the Gradio app (not available yet: issue #7)
   env        versions of the libraries and the devices llmtune sees
   version    llmtune's version
@@ -114,6 +116,14 @@ def cmd_eval(tokens: list[str]) -> int:
     return 0
 
 
+def cmd_export(tokens: list[str]) -> int:
+    from llmtune.export import export_model, load_export_arguments
+
+    model_args, export = load_export_arguments(tokens)
+    print(f"llmtune: exported to {export_model(model_args, export)}")
+    return 0
+
+
 def cmd_train(tokens: list[str]) -> int:
     from llmtune.hparams import load_run_arguments
     from llmtune.train.run import run_sft
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate": cmd_validate,
         "estimate": cmd_estimate,
         "eval": cmd_eval,
+        "export": cmd_export,
         "env": lambda _t: cmd_env(),
     }
     if command not in commands:

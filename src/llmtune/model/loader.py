@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -194,12 +195,17 @@ def _torch_dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype | str:
 
 
 def load_model(
-    model_args: ModelArguments, torch_dtype: torch.dtype | str | None = None, *, for_training: bool = True
+    model_args: ModelArguments,
+    torch_dtype: torch.dtype | str | None = None,
+    *,
+    for_training: bool = True,
+    device_map: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """Load the causal LM in ``torch_dtype`` (default float32; ``"auto"`` keeps the checkpoint's).
 
     With ``quantization_bit`` the linear layers load quantised by bitsandbytes and the rest in the
-    compute dtype (see :mod:`llmtune.model.quantization`). The attention implementation follows ``flash_attn``. For training the KV cache is off
+    compute dtype (see :mod:`llmtune.model.quantization`), on ``device_map`` when given (default: this
+    process's GPU, else the CPU). The attention implementation follows ``flash_attn``. For training the KV cache is off
     (``use_cache=False``: it only costs memory when every step sees the whole sequence).
     """
     path = resolve_model_path(model_args)
@@ -213,6 +219,8 @@ def load_model(
     if attn is not None:
         kwargs["attn_implementation"] = attn
     kwargs.update(quantized_load_kwargs(model_args))
+    if device_map is not None and "device_map" in kwargs:
+        kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
