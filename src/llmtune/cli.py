@@ -173,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(eval_options_text())
             return 0
+        if command == "export":
+            from llmtune.export import export_help
+
+            print(export_help())
+            return 0
         from llmtune.hparams.docs import options_text
 
         print(options_text())

@@ -40,6 +40,16 @@ class ExportArguments:
     export_dtype: str = field(default="bf16", metadata={"help": "Dtype of the written weights: fp16, bf16 or fp32."})
 
 
+def export_help() -> str:
+    """Plain text for ``llmtune export --help``: the usage and every key with its default."""
+    lines = [(__doc__ or "").strip().splitlines()[2].strip(), ""]
+    for cls in (ModelArguments, ExportArguments):
+        for f in fields(cls):
+            if f.init:
+                lines.append(f"  --{f.name} (default: {f.default!r})  {f.metadata.get('help', '')}")
+    return "\n".join(["usage: " + lines[0], *lines[1:]])
+
+
 def load_export_arguments(tokens: list[str]) -> tuple[ModelArguments, ExportArguments]:
     """``llmtune export`` argv -> (model, export) arguments, validated; loads nothing."""
     from llmtune.model import check_model_args

@@ -31,7 +31,7 @@ QUANTIZATION_METHODS = ("bnb", "bitsandbytes")
 ADAPTER_METHODS = ("lora", "loretta", "zo", "adazeta")
 # Methods whose optimizer is built from ``optim`` (HF's name), so bitsandbytes' optimizers can run there.
 BNB_OPTIM_METHODS = ("full", "lora", "loretta", "block")
-INSTALL = 'pip install "bitsandbytes>=0.45"'
+INSTALL = "pip install bitsandbytes"
 
 # bitsandbytes' constants (bitsandbytes/optim/optimizer.py, nn/modules.py), used by the estimator.
 BNB_4BIT_BLOCKSIZE = 64  # values per absmax constant of a 4-bit weight
