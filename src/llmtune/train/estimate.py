@@ -164,15 +164,7 @@ def estimate_memory(
     half = bool(args.training.bf16 or args.training.fp16)
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     if bits:
-        compute_dtype = compute_dtype_name(bool(args.training.bf16), bool(args.training.fp16))
-        states["weights"] = quantized_weight_bytes(
-            model, quantized, bits, bool(args.model.double_quantization), getattr(torch, compute_dtype)
-        )
-        kind = args.model.quantization_type if bits == 4 else "int8"
-        dtypes = [
-            f"{bits}-bit {kind}",
-            *sorted({compute_dtype, *(str(p.dtype)[6:] for p in model.parameters() if p.requires_grad)}),
-        ]
+        states["weights"], dtypes = _quantized_weights(args, model, quantized)
     optim, note = optim_name(args.training), ""
     if "8bit" in optim:
         states["optimizer"] += _eight_bit_saving(model, states)
@@ -194,6 +186,18 @@ def estimate_memory(
         checkpointing=checkpointing,
         optimizer_note=note,
     )
+
+
+def _quantized_weights(args: RunArguments, model: torch.nn.Module, quantized: list) -> tuple[int, list[str]]:
+    """Bytes of the weights with ``quantized`` in ``quantization_bit`` bits, and the dtypes to show."""
+    bits = args.model.quantization_bit
+    compute_dtype = compute_dtype_name(bool(args.training.bf16), bool(args.training.fp16))
+    weights = quantized_weight_bytes(
+        model, quantized, bits, bool(args.model.double_quantization), getattr(torch, compute_dtype)
+    )
+    trained = {str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad}
+    kind = args.model.quantization_type if bits == 4 else "int8"
+    return weights, [f"{bits}-bit {kind}", *sorted({compute_dtype, *trained})]
 
 
 def _eight_bit_saving(model: torch.nn.Module, states: dict[str, Any]) -> int:
