@@ -74,8 +74,9 @@ def test_qlora_base_linears_are_4bit_and_only_adapters_train(qlora_run):
     }
     assert linears and all(isinstance(m.base_layer, bnb.nn.Linear4bit) for m in linears.values())
     assert model.get_output_embeddings().weight.dtype == torch.float32  # the head stays unquantised
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.dtype == torch.float32 for p in trainable.values())  # not TRL's bf16 cast
     # The frozen base is bit for bit what a fresh quantised load gives.
     fresh = load_model(args.model)
     trained = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in model.named_parameters()}

@@ -34,14 +34,13 @@ class LlmtuneTrainer(SFTTrainer):
     """SFTTrainer with atomic, verified checkpoints and a non-finite-loss guard."""
 
     def __init__(self, *args, finetuning_type: str = "full", stop_on_nan: bool = True, **kwargs):
-        model = kwargs.get("model", args[0] if args else None)
-        # TRL casts the trainable parameters of a quantised (QLoRA) model to bfloat16; keep the dtype the
-        # method gave them (float32 adapters, as PEFT and LLaMA-Factory do), so Adam's updates are not rounded away.
-        dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad} if model is not None else {}
         super().__init__(*args, **kwargs)
-        for name, param in self.model.named_parameters():
-            if name in dtypes and param.dtype != dtypes[name]:
-                param.data = param.data.to(dtypes[name])
+        if getattr(self.model, "is_loaded_in_4bit", False) or getattr(self.model, "is_loaded_in_8bit", False):
+            # TRL casts the trainable parameters of a quantised (QLoRA) model to bfloat16; train them in
+            # float32 instead, as PEFT and LLaMA-Factory do, so that Adam's small updates are not rounded away.
+            for param in self.model.parameters():
+                if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+                    param.data = param.data.float()
         self.finetuning_type = finetuning_type
         self.stop_on_nan = stop_on_nan
         self.nonfinite_loss: tuple[int, float] | None = None  # (step, loss) of the first NaN/inf loss
