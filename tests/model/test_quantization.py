@@ -103,6 +103,39 @@ def test_qlora_adapter_reloads_to_the_same_logits(qlora_run):
     assert not torch.allclose(logits(plain, ids), logits(reloaded, ids), atol=1e-3)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [{"finetuning_type": "zo", "zo_target": "lora", "lora_rank": 4}, {"finetuning_type": "loretta"}],
+    ids=["zo-lora", "loretta"],
+)
+def test_zo_and_loretta_train_only_their_adapters_over_a_4bit_base(make_config, tmp_path, overrides):
+    from transformers import set_seed
+
+    from llmtune.methods import get_method
+    from llmtune.train.run import run_sft
+
+    config = make_config(tmp_path, quantization_bit=4, max_steps=3, max_samples=24, save_steps=100, **overrides)
+    config["learning_rate"] = 1e-2
+    args = parse_args(config)
+    fresh = {n: p.detach().clone() for n, p in load_model(args.model).named_parameters()}
+    set_seed(args.training.seed)  # as run_sft does: the same initial adapters
+    prepared = get_method(args.finetuning.finetuning_type).prepare_fn()(load_model(args.model), args)
+    initial = {n: p.detach().clone() for n, p in prepared.named_parameters() if p.requires_grad}
+    model = run_sft(args).model
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable.keys() == initial.keys() and all(p.dtype == torch.float32 for p in trainable.values())
+    assert any(not torch.equal(p.data, initial[n]) for n, p in trainable.items())  # the adapters moved
+    checked = 0
+    for name, param in model.named_parameters():
+        base = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if not param.requires_grad and base in fresh:
+            assert torch.equal(param.data, fresh[base]), name  # the quantised base is only read
+            checked += 1
+    assert checked >= 14  # the 7 quantised linears of both layers, at least
+
+
 # -- 8-bit Adam as BAdam's base optimizer -------------------------------------------------------
 
 
