@@ -136,6 +136,29 @@ def test_zo_and_loretta_train_only_their_adapters_over_a_4bit_base(make_config, 
     assert checked >= 14  # the 7 quantised linears of both layers, at least
 
 
+@pytest.mark.slow
+def test_full_with_adamw_8bit_trains_with_8bit_state(make_config, tmp_path):
+    from transformers import TrainerCallback
+
+    from llmtune.train.run import run_sft
+
+    class Keep(TrainerCallback):
+        def on_train_end(self, args, state, control, optimizer=None, **kwargs):
+            self.optimizer = optimizer
+
+    keep = Keep()
+    config = make_config(tmp_path, "full", optim="adamw_8bit", max_steps=2, max_samples=16, save_steps=100)
+    result = run_sft(parse_args(config), callbacks=[keep])
+    optimizer = getattr(keep.optimizer, "optimizer", keep.optimizer)  # accelerate wraps it
+    assert isinstance(optimizer, bnb.optim.AdamW)
+    embedding = result.model.get_input_embeddings().weight
+    states = {id(p): optimizer.state[p] for g in optimizer.param_groups for p in g["params"] if p in optimizer.state}
+    assert len(states) == sum(1 for p in result.model.parameters() if p.requires_grad)
+    for param in result.model.parameters():
+        eight_bit = param.numel() >= 4096 and param is not embedding  # the Trainer keeps embeddings in 32-bit
+        assert states[id(param)]["state1"].dtype == (torch.uint8 if eight_bit else torch.float32)
+
+
 # -- 8-bit Adam as BAdam's base optimizer -------------------------------------------------------
 
 
