@@ -5,6 +5,7 @@ llmtune validate CONFIG.yaml [--key value ...]  check config and data, load no w
 llmtune estimate CONFIG.yaml [--key value ...]  GPU memory the run needs, load no weights
 llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]  score tasks (sst2, ...) or MT-bench with a judge
 llmtune kernel [CONFIG.yaml] [--key value ...]  eNTK of prompt-based fine-tuning on a k-shot split
+llmtune export --model_name_or_path BASE --adapter_name_or_path ADAPTER --export_dir DIR  merge a LoRA adapter
 llmtune env | version | webui
 """
 
@@ -22,6 +23,7 @@ commands:
   estimate   the GPU memory a config's run needs, by finetuning type, without loading any weights
   eval       score a model or a training run on tasks (sst2, squad, ...) or MT-bench (see `llmtune eval --help`)
   kernel     the eNTK view of fine-tuning: k-shot accuracy from a kernel, no training (see `llmtune kernel --help`)
+  export     merge a LoRA adapter (QLoRA too) into its base and write a standard model folder
   webui      the Gradio app (not available yet: issue #7)
   env        versions of the libraries and the devices llmtune sees
   version    llmtune's version
@@ -124,6 +126,14 @@ def cmd_kernel(tokens: list[str]) -> int:
     return 0
 
 
+def cmd_export(tokens: list[str]) -> int:
+    from llmtune.export import export_model, load_export_arguments
+
+    model_args, export = load_export_arguments(tokens)
+    print(f"llmtune: exported to {export_model(model_args, export)}")
+    return 0
+
+
 def cmd_train(tokens: list[str]) -> int:
     from llmtune.hparams import load_run_arguments
     from llmtune.train.run import run_sft
@@ -160,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "estimate": cmd_estimate,
         "eval": cmd_eval,
         "kernel": cmd_kernel,
+        "export": cmd_export,
         "env": lambda _t: cmd_env(),
     }
     if command not in commands:
@@ -177,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             from llmtune.kernel.config import kernel_options_text
 
             print(kernel_options_text())
+            return 0
+        if command == "export":
+            from llmtune.export import export_help
+
+            print(export_help())
             return 0
         from llmtune.hparams.docs import options_text
 

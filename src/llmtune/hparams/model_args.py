@@ -28,3 +28,22 @@ class ModelArguments:
         default=True,
         metadata={"help": "Accepted for LLaMA-Factory configs; transformers 5 always loads weights lazily."},
     )
+    quantization_bit: int | None = field(
+        default=None,
+        metadata={
+            "help": "Load the base model's linear layers quantised to 4 or 8 bits with bitsandbytes (4: QLoRA). "
+            "For lora, loretta, and zo/adazeta with adapters; the compute dtype follows bf16/fp16 (else fp32)."
+        },
+    )
+    quantization_method: str = field(
+        default="bnb", metadata={"help": "Quantisation library: bnb (bitsandbytes), the only one llmtune supports."}
+    )
+    quantization_type: str = field(
+        default="nf4", metadata={"help": "4-bit data type: nf4 (NormalFloat, QLoRA's) or fp4."}
+    )
+    double_quantization: bool = field(
+        default=True,
+        metadata={"help": "4-bit only: quantise the quantisation constants too (about 0.37 bits per weight saved)."},
+    )
+    # Set by the parser from bf16/fp16 (not a config key): the dtype quantised layers compute in.
+    compute_dtype: str | None = field(default=None, init=False, repr=False)

@@ -355,6 +355,7 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
     from llmtune.errors import one_of
     from llmtune.methods import get_method
     from llmtune.model import check_model_args
+    from llmtune.model.quantization import check_quantization, compute_dtype_name
 
     ft, data, train = args.finetuning, args.data, args.training
     if ft.stage not in STAGES:
@@ -386,6 +387,8 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
         if not data.dataset:
             raise ConfigError("dataset: required (names from dataset_info.json, comma-separated)")
     check_model_args(args.model)
+    check_quantization(args)
+    args.model.compute_dtype = compute_dtype_name(bool(train.bf16), bool(train.fp16))
 
 
 def load_run_arguments(tokens: list[str], *, for_training: bool = True) -> RunArguments:

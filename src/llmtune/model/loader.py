@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, one_of, suggest
 from llmtune.hparams.model_args import ModelArguments
+from llmtune.model.quantization import compute_dtype_name, quantized_load_kwargs
 from llmtune.model.tiny import TINY_MODEL_NAME, ensure_tiny_model
 
 logger = logging.getLogger(__name__)
@@ -193,11 +195,17 @@ def _torch_dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype | str:
 
 
 def load_model(
-    model_args: ModelArguments, torch_dtype: torch.dtype | str | None = None, *, for_training: bool = True
+    model_args: ModelArguments,
+    torch_dtype: torch.dtype | str | None = None,
+    *,
+    for_training: bool = True,
+    device_map: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """Load the causal LM in ``torch_dtype`` (default float32; ``"auto"`` keeps the checkpoint's).
 
-    The attention implementation follows ``flash_attn``. For training the KV cache is off
+    With ``quantization_bit`` the linear layers load quantised by bitsandbytes and the rest in the
+    compute dtype (see :mod:`llmtune.model.quantization`), on ``device_map`` when given (default: this
+    process's GPU, else the CPU). The attention implementation follows ``flash_attn``. For training the KV cache is off
     (``use_cache=False``: it only costs memory when every step sees the whole sequence).
     """
     path = resolve_model_path(model_args)
@@ -210,6 +218,9 @@ def load_model(
     attn = _attn_implementation(model_args.flash_attn)
     if attn is not None:
         kwargs["attn_implementation"] = attn
+    kwargs.update(quantized_load_kwargs(model_args))
+    if device_map is not None and "device_map" in kwargs:
+        kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
@@ -222,7 +233,7 @@ def load_model(
 
 def compute_dtype(bf16: bool | None, fp16: bool | None) -> torch.dtype:
     """The dtype a model is loaded in for training: bfloat16 or float16 as asked, else float32."""
-    return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+    return getattr(torch, compute_dtype_name(bool(bf16), bool(fp16)))
 
 
 def upcast_trainable(model: torch.nn.Module) -> int:

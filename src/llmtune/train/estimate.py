@@ -8,6 +8,10 @@ BAdam counts its largest block, ``sparse`` its selected entries), or, for a meth
 ``LlmtuneTrainer``, from :func:`llmtune.train.memory.estimate_training_bytes` (AdamW on every
 trainable parameter); a method with a trainer of its own and no ``memory_estimate`` is not estimated. Activations are a first-order count, see :func:`activation_bytes`. The total
 leaves out the CUDA context and allocator slack (typically 0.5-2 GiB).
+
+With ``quantization_bit`` the linear layers (not the head) count 4 or 8 bits and their quantisation
+constants, the other frozen weights the compute dtype; with a bitsandbytes 8-bit ``optim`` the Adam
+moments count one byte each (about 4x less), see :mod:`llmtune.model.quantization`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ import torch
 
 from llmtune.errors import ConfigError, LlmtuneError, NotImplementedYetError
 from llmtune.hparams.parser import RunArguments, coerce, parse_args, parse_cli_overrides, read_config_file
+from llmtune.model.quantization import (
+    adam_8bit_state_bytes,
+    check_quantization,
+    compute_dtype_name,
+    optim_name,
+    quantizable_weights,
+    quantized_weight_bytes,
+)
 from llmtune.train.memory import GIB, estimate_training_bytes
 from llmtune.train.trainer import LlmtuneTrainer
 
@@ -42,6 +54,7 @@ class MemoryEstimate:
     batch_size: int
     sequence_length: int
     checkpointing: bool
+    optimizer_note: str = ""
 
     @property
     def total(self) -> int:
@@ -53,7 +66,7 @@ class MemoryEstimate:
         rows = [
             ("weights", self.weights, self.weight_dtype),
             ("gradients", self.gradients, ""),
-            ("optimizer state", self.optimizer, ""),
+            ("optimizer state", self.optimizer, self.optimizer_note),
             (
                 "activations",
                 self.activations,
@@ -130,6 +143,8 @@ def estimate_memory(
     from llmtune.model.loader import compute_dtype
 
     method = get_method(finetuning_type or args.finetuning.finetuning_type)
+    check_quantization(args, method.name)  # a type that cannot run quantised is not estimated
+    bits = args.model.quantization_bit
     config = model_config if model_config is not None else load_model_config(args)
     with torch.device("meta"), _quiet():
         model = AutoModelForCausalLM.from_config(
@@ -137,6 +152,7 @@ def estimate_memory(
             dtype=compute_dtype(args.training.bf16, args.training.fp16),
             trust_remote_code=bool(args.model.trust_remote_code),
         )
+        quantized = quantizable_weights(model) if bits else []  # before adapters wrap the linears
         model = method.prepare_model(model, args)  # as llmtune train readies it: the same dtypes
     trainer = method.trainer_class()
     profile = getattr(trainer, "memory_estimate", None)
@@ -149,9 +165,15 @@ def estimate_memory(
     states = profile(model) if profile is not None else estimate_training_bytes(model)
     trainable, total = count_parameters(model)
     half = bool(args.training.bf16 or args.training.fp16)
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    if bits:
+        states["weights"], dtypes = _quantized_weights(args, model, quantized)
+    optim, note = optim_name(args.training), ""
+    if "8bit" in optim:
+        states["optimizer"] += _eight_bit_saving(model, states)
+        note = f"{optim}: 8-bit Adam moments (bitsandbytes)"
     checkpointing = bool(getattr(args.training, "activation_checkpointing", False))
     batch, length = args.training.per_device_train_batch_size, args.data.cutoff_len
-    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     return MemoryEstimate(
         finetuning_type=method.name,
         parameters=total,
@@ -165,7 +187,34 @@ def estimate_memory(
         batch_size=batch,
         sequence_length=length,
         checkpointing=checkpointing,
+        optimizer_note=note,
     )
+
+
+def _quantized_weights(args: RunArguments, model: torch.nn.Module, quantized: list) -> tuple[int, list[str]]:
+    """Bytes of the weights with ``quantized`` in ``quantization_bit`` bits, and the dtypes to show."""
+    bits = args.model.quantization_bit
+    compute_dtype = compute_dtype_name(bool(args.training.bf16), bool(args.training.fp16))
+    weights = quantized_weight_bytes(
+        model, quantized, bits, bool(args.model.double_quantization), getattr(torch, compute_dtype)
+    )
+    trained = {str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad}
+    kind = args.model.quantization_type if bits == 4 else "int8"
+    return weights, [f"{bits}-bit {kind}", *sorted({compute_dtype, *trained})]
+
+
+def _eight_bit_saving(model: torch.nn.Module, states: dict[str, Any]) -> int:
+    """Bytes (negative) that bitsandbytes' 8-bit Adam saves over the two fp32 moments the profiles count.
+
+    The tensors are the profile's ``optimized_numels`` (BAdam: the largest block) or every trainable
+    one; embeddings keep 32-bit state under the Trainer, which registers that override for them.
+    """
+    numels = states.get("optimized_numels")
+    if numels is None:
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        params = {id(p): p for p in model.parameters() if p.requires_grad and id(p) not in embeddings}
+        numels = [p.numel() for p in params.values()]
+    return sum(adam_8bit_state_bytes(n) - 8 * n for n in numels)
 
 
 def compare_methods(args: RunArguments, model_config: Any) -> dict[str, MemoryEstimate]:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from llmtune.model.loader import upcast_trainable
 from llmtune.train import checkpoint as ckpt
 from llmtune.train.classification import compute_classification_loss, is_classification_batch
 
@@ -35,6 +36,10 @@ class LlmtuneTrainer(SFTTrainer):
 
     def __init__(self, *args, finetuning_type: str = "full", stop_on_nan: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        if getattr(self.model, "is_loaded_in_4bit", False) or getattr(self.model, "is_loaded_in_8bit", False):
+            # TRL casts the trainable parameters of a quantised (QLoRA) model to bfloat16; train them in
+            # float32 instead, as PEFT and LLaMA-Factory do, so that Adam's small updates are not rounded away.
+            upcast_trainable(self.model)
         self.finetuning_type = finetuning_type
         self.stop_on_nan = stop_on_nan
         self.nonfinite_loss: tuple[int, float] | None = None  # (step, loss) of the first NaN/inf loss

@@ -97,4 +97,5 @@ class BlockTrainer(LlmtuneTrainer):
             model, optimizer_bytes_per_param=16 if half else 8, trainable=[p for _, p in largest.params]
         )
         estimate["trainable_at_once"] = largest.numel
+        estimate["optimized_numels"] = [param.numel() for _, param in largest.params]  # for 8-bit state sizes
         return estimate

@@ -1,0 +1,106 @@
+"""``llmtune export``: a LoRA adapter trained on a 4-bit base, merged into the de-quantised base."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from llmtune.cli import main
+from llmtune.hparams import parse_args
+from llmtune.model import load_model
+
+bnb = pytest.importorskip("bitsandbytes")
+BASE = "llmtune/tiny-llama"
+
+
+def logits(model, ids):
+    """Eval-mode logits with every ``Linear4bit`` in train mode: in eval mode on a CPU with AVX512-BF16,
+    bitsandbytes switches to a bfloat16 kernel, which is not what training computed with."""
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.train()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def qlora_adapter(tmp_path_factory):
+    """A LoRA adapter with random (non-zero) weights on the 4-bit tiny base, saved as `llmtune train` saves one."""
+    from peft import LoraConfig, get_peft_model
+
+    folder = tmp_path_factory.mktemp("run")
+    args = parse_args(
+        {"model_name_or_path": BASE, "quantization_bit": 4, "output_dir": str(folder)}, for_training=False
+    )
+    torch.manual_seed(0)
+    config = LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    config.init_lora_weights = False  # random B as well as A, so the adapter changes the output
+    model = get_peft_model(load_model(args.model, for_training=False), config)
+    model.save_pretrained(folder)
+    (folder / "training_args.yaml").write_text(yaml.safe_dump({"model_name_or_path": BASE, "quantization_bit": 4}))
+    ids = torch.randint(5, 200, (2, 12))
+    return folder, ids, logits(model, ids)
+
+
+def test_exported_model_computes_what_base_and_adapter_computed(qlora_adapter, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    adapter, ids, expected = qlora_adapter
+    out = tmp_path / "merged"
+    argv = ["export", "--model_name_or_path", BASE, "--adapter_name_or_path", str(adapter)]
+    assert main([*argv, "--export_dir", str(out), "--export_dtype", "fp32"]) == 0
+    assert "exported to" in capsys.readouterr().out
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+    assert getattr(merged.config, "quantization_config", None) is None and merged.dtype == torch.float32
+    assert torch.allclose(logits(merged, ids), expected, atol=1e-4)
+    plain = load_model(parse_args({"model_name_or_path": BASE}, for_training=False).model, for_training=False)
+    assert not torch.allclose(logits(plain, ids), expected, atol=1e-2)  # the merge changed the weights
+
+
+@pytest.mark.slow
+def test_a_bf16_export_is_the_fp32_export_rounded(qlora_adapter, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    adapter, _, _ = qlora_adapter
+    argv = ["export", "--model_name_or_path", BASE, "--adapter_name_or_path", str(adapter)]
+    assert main([*argv, "--export_dir", str(tmp_path / "fp32"), "--export_dtype", "fp32"]) == 0
+    assert main([*argv, "--export_dir", str(tmp_path / "bf16")]) == 0  # bf16 is the default
+    full = AutoModelForCausalLM.from_pretrained(tmp_path / "fp32").state_dict()
+    half = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype="auto").state_dict()
+    assert full.keys() == half.keys()
+    for name, weight in half.items():
+        assert weight.dtype == torch.bfloat16, name
+        assert torch.equal(weight, full[name].to(torch.bfloat16)), name  # merged in fp32, rounded once
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--export_dir", "{full}"], "export_dir: '{full}' is not empty; choose a new folder"),
+        (["--export_dir", "{new}", "--export_dtype", "int4"], "export_dtype: 'int4' is not one of bf16, fp16, fp32"),
+        (
+            ["--export_dir", "{new}", "--export_dri", "x"],
+            "unknown export key 'export_dri' (did you mean 'export_dir'?)",
+        ),
+        ([], "export_dir: required"),
+    ],
+)
+def test_bad_export_arguments_are_one_line_and_write_nothing(qlora_adapter, tmp_path, capsys, extra, expected):
+    adapter, _, _ = qlora_adapter
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    paths = {"full": str(full), "new": str(tmp_path / "new")}
+    extra = [token.format(**paths) for token in extra]
+    code = main(["export", "--model_name_or_path", BASE, "--adapter_name_or_path", str(adapter), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected.format(**paths) in err and "\n" not in err
+    assert (full / "keep.txt").read_text() == "mine" and not (tmp_path / "new").exists()
+
+
+def test_a_folder_without_an_adapter_is_refused(tmp_path, capsys):
+    code = main(["export", "--model_name_or_path", BASE, "--adapter_name_or_path", str(tmp_path), "--export_dir", "x"])
+    assert code == 2 and "has no adapter_config.json" in capsys.readouterr().err
