@@ -1,0 +1,21 @@
+"""llmtune's web UI: a Gradio page that builds, previews, starts and watches ``llmtune`` runs.
+
+Started by ``llmtune webui`` (or ``python -m webui`` from the repository root). The page runs
+``llmtune train``/``llmtune eval`` as detached processes and shows them from their files; see
+``docs/webui.md``.
+"""
+
+from __future__ import annotations
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+def launch_ui(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False, block: bool = True):
+    """Serve the page on ``host:port`` (loopback unless asked otherwise); ``share`` opens a Gradio link."""
+    from webui.app import create_app
+
+    app = create_app()
+    app.queue()
+    app.launch(server_name=host, server_port=port, share=share, inbrowser=False, prevent_thread_lock=not block)
+    return app
