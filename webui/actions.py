@@ -151,4 +151,3 @@ def progress_html(view: runs.RunView | None) -> str:
         return ""
     pct = 100.0 * view.step / view.total_steps
     return f'<progress value="{view.step}" max="{view.total_steps}" style="width:100%"></progress> {pct:.0f}%'
-

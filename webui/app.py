@@ -36,7 +36,7 @@ GROUP_TITLES = {
     "FinetuningArguments": "Method",
     "TrainingArguments": "Training",
 }
-OPEN_GROUPS = ("ModelArguments", "DataArguments", "FinetuningArguments")
+OPEN_GROUPS = ("ModelArguments", "DataArguments", "FinetuningArguments", "TrainingArguments")
 PER_ROW = 3
 REFRESH_S = 1.0
 
@@ -103,47 +103,59 @@ def create_app() -> gr.Blocks:
         gr.Markdown("# llmtune\nBuild, preview, start and watch a fine-tuning run. Runs go on when this page closes.")
         with gr.Tab("Train"):
             with gr.Row():
-                preset = gr.Dropdown(list(presets()), value=None, label="Preset (examples/)", elem_id="preset")
-                load_preset = gr.Button("Load preset", elem_id="load-preset")
-            components: list[gr.components.Component] = []
-            accordions: dict[str, gr.Accordion] = {}
-            first_type = start["finetuning_type"]
-            for group, members in groupby(fields, key=lambda f: f.group):
-                members = list(members)
-                visible = group not in method_set or group in method_groups()[first_type]
-                title = GROUP_TITLES.get(group, f"{group.removesuffix('Arguments')} options")
-                with gr.Accordion(title, open=group in OPEN_GROUPS or group in method_set, visible=visible) as acc:
-                    for i in range(0, len(members), PER_ROW):
-                        with gr.Row():
-                            components += [_component(f, start[f.name], datasets) for f in members[i : i + PER_ROW]]
-                if group in method_set:
-                    accordions[group] = acc
-            extra = gr.Textbox(label="Other keys (YAML, one `key: value` a line)", lines=2, elem_id="extra")
-            with gr.Row():
-                preview_btn = gr.Button("Preview", elem_id="preview")
-                estimate_btn = gr.Button("Estimate memory", elem_id="estimate")
-                start_btn = gr.Button("Start", variant="primary", elem_id="start")
-                abort_btn = gr.Button("Abort", variant="stop", elem_id="abort")
-            with gr.Row():
-                save_path = gr.Textbox(value="saves/webui/config.yaml", label="Save config as", elem_id="save-path")
-                save_btn = gr.Button("Save config", elem_id="save")
-            message = gr.Markdown(elem_id="message")
-            command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="command")
-            yaml_box = gr.Code(label="YAML", language="yaml", elem_id="yaml")
-            estimate_box = gr.Textbox(label="Memory estimate (llmtune estimate)", lines=6, elem_id="estimate-out")
-
-            gr.Markdown("## Runs")
-            run_pick = gr.Dropdown(_run_choices(), label="Run", elem_id="run-pick")
-            status = gr.Markdown("no run yet", elem_id="run-status")
-            progress = gr.HTML(elem_id="run-progress")
-            loss_plot = gr.LinePlot(_loss_frame(None), x="step", y="loss", title="training loss", elem_id="loss-plot")
-            log_box = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, elem_id="run-log")
+                with gr.Column(scale=3):
+                    with gr.Row():
+                        preset = gr.Dropdown(list(presets()), value=None, label="Preset (examples/)", elem_id="preset")
+                        load_preset = gr.Button("Load preset", elem_id="load-preset")
+                    components: list[gr.components.Component] = []
+                    accordions: dict[str, gr.Accordion] = {}
+                    first_type = start["finetuning_type"]
+                    for group, members in groupby(fields, key=lambda f: f.group):
+                        members = list(members)
+                        visible = group not in method_set or group in method_groups()[first_type]
+                        title = GROUP_TITLES.get(group, f"{group.removesuffix('Arguments')} options")
+                        with gr.Accordion(
+                            title, open=group in OPEN_GROUPS or group in method_set, visible=visible
+                        ) as acc:
+                            for i in range(0, len(members), PER_ROW):
+                                with gr.Row():
+                                    row = members[i : i + PER_ROW]
+                                    components += [_component(f, start[f.name], datasets) for f in row]
+                        if group in method_set:
+                            accordions[group] = acc
+                    extra = gr.Textbox(label="Other keys (YAML, one `key: value` a line)", lines=2, elem_id="extra")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        preview_btn = gr.Button("Preview", elem_id="preview")
+                        estimate_btn = gr.Button("Estimate memory", elem_id="estimate")
+                    with gr.Row():
+                        start_btn = gr.Button("Start", variant="primary", elem_id="start")
+                        abort_btn = gr.Button("Abort", variant="stop", elem_id="abort")
+                    message = gr.Markdown(elem_id="message")
+                    command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="command")
+                    yaml_box = gr.Code(label="YAML", language="yaml", elem_id="yaml")
+                    with gr.Row():
+                        save_path = gr.Textbox(
+                            value="saves/webui/config.yaml", label="Save config as", elem_id="save-path"
+                        )
+                        save_btn = gr.Button("Save config", elem_id="save")
+                    estimate_box = gr.Textbox(
+                        label="Memory estimate (llmtune estimate)", lines=6, elem_id="estimate-out"
+                    )
+                    gr.Markdown("## Runs")
+                    run_pick = gr.Dropdown(_run_choices(), label="Run", elem_id="run-pick")
+                    status = gr.Markdown("no run yet", elem_id="run-status")
+                    progress = gr.HTML(elem_id="run-progress")
+                    loss_plot = gr.LinePlot(
+                        _loss_frame(None), x="step", y="loss", title="training loss", elem_id="loss-plot"
+                    )
+                    log_box = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, elem_id="run-log")
 
         with gr.Tab("Evaluate"):
-            run_dir = gr.Textbox(value=start["output_dir"], label="Run folder (written by llmtune train)", elem_id="e-run")
-            tasks = gr.Dropdown(
-                task_names(), value=["demo_sst2"], multiselect=True, label="Tasks", elem_id="e-tasks"
+            run_dir = gr.Textbox(
+                value=start["output_dir"], label="Run folder (written by llmtune train)", elem_id="e-run"
             )
+            tasks = gr.Dropdown(task_names(), value=["demo_sst2"], multiselect=True, label="Tasks", elem_id="e-tasks")
             eval_components = []
             efields = eval_fields()
             with gr.Accordion("Evaluation options", open=False):
@@ -159,7 +171,9 @@ def create_app() -> gr.Blocks:
             eval_command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="e-command")
             eval_status = gr.Markdown(elem_id="e-status")
             results = gr.Dataframe(label="Results", elem_id="e-results")
-            chart = gr.BarPlot(_chart_frame(None), x="metric", y="value", color="task", title="metrics", elem_id="e-chart")
+            chart = gr.BarPlot(
+                _chart_frame(None), x="metric", y="value", color="task", title="metrics", elem_id="e-chart"
+            )
             eval_log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, elem_id="e-log")
 
         # ---- wiring
@@ -195,7 +209,7 @@ def create_app() -> gr.Blocks:
                 return [gr.update() for _ in components] + [gr.update()]
             values, leftover = preset_values(found)
             out = []
-            for f, comp in zip(fields, components, strict=True):
+            for f in fields:
                 value = values.get(f.name)
                 if f.name == "dataset":
                     value = [v for v in str(value).split(",") if v]

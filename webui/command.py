@@ -134,7 +134,9 @@ def check_paths(config: dict[str, Any]) -> None:
     if not out:
         raise ConfigError("output_dir: required (the folder the run writes into, e.g. saves/my-run)")
     if _dangerous_output(Path(out)):
-        raise ConfigError(f"output_dir: {out!r} is /, your home, the working folder or one above it; choose a subfolder")
+        raise ConfigError(
+            f"output_dir: {out!r} is /, your home, the working folder or one above it; choose a subfolder"
+        )
     if Path(out).expanduser().is_file():
         raise ConfigError(f"output_dir: {out!r} is a file, not a folder")
     adapter = str(config.get("adapter_name_or_path") or "").strip()
@@ -145,7 +147,9 @@ def check_paths(config: dict[str, Any]) -> None:
         raise ConfigError(f"deepspeed: {ds!r} is not a file (a DeepSpeed JSON config)")
     model = str(config.get("model_name_or_path") or "").strip()
     if model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
-        raise ConfigError(f"model_name_or_path: {model!r} is not a folder (give a folder, a hub id or llmtune/tiny-llama)")
+        raise ConfigError(
+            f"model_name_or_path: {model!r} is not a folder (give a folder, a hub id or llmtune/tiny-llama)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

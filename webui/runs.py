@@ -65,7 +65,9 @@ def launch(kind: str, command: list[str], argv: list[str], output_dir: str) -> L
             argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
     _children[proc.pid] = proc
-    record = Launch(run_id, kind, command, argv, proc.pid, str(Path(output_dir).expanduser().resolve()), time.time(), os.getcwd())
+    record = Launch(
+        run_id, kind, command, argv, proc.pid, str(Path(output_dir).expanduser().resolve()), time.time(), os.getcwd()
+    )
     (folder / "launch.json").write_text(json.dumps(asdict(record), indent=1), encoding="utf-8")
     return record
 

@@ -6,18 +6,23 @@ import dataclasses
 
 import pytest
 import yaml
+from webui.command import argv_for, check_paths, train_config, validated_yaml
+from webui.fields import field_map, method_groups, preset_values, presets, start_values
 
 from llmtune.errors import ConfigError
 from llmtune.hparams.parser import argument_classes, load_run_arguments, parse_args, parse_cli_overrides
 from webui import actions
-from webui.command import argv_for, check_paths, train_config, validated_yaml
-from webui.fields import field_map, method_groups, preset_values, presets, start_values, train_fields
 
 # Non-default values for each finetuning type's own options (typed as the dataclasses hold them).
 METHOD_VALUES = {
     "full": {},
     "lora": {"lora_rank": 4, "lora_alpha": 16, "lora_dropout": 0.1, "lora_target": "q_proj,v_proj", "use_rslora": True},
-    "block": {"badam_switch_mode": "ascending", "badam_switch_interval": 10, "badam_start_block": 1, "badam_include_lm_head": True},
+    "block": {
+        "badam_switch_mode": "ascending",
+        "badam_switch_interval": 10,
+        "badam_start_block": 1,
+        "badam_include_lm_head": True,
+    },
     "sparse": {"badam_update_ratio": 0.1, "badam_mask_mode": "scatter", "badam_switch_interval": 5},
     "zo": {"zo_eps": 0.01, "zo_num_queries": 2, "zo_objective": "accuracy", "zo_target": "lora"},
     "adazeta": {"adazeta_alpha": 1.5, "adazeta_max_queries": 4, "loretta_rank": 4, "zo_eps": 0.001},
@@ -105,7 +110,9 @@ def test_tiny_presets_give_the_same_run_as_their_yaml(name):
         if key == "do_train":
             continue
         got = attribute(from_ui, key)
-        assert got == value or (key == "gradient_checkpointing" and from_ui.training.activation_checkpointing == value), key
+        assert got == value or (
+            key == "gradient_checkpointing" and from_ui.training.activation_checkpointing == value
+        ), key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,9 +137,7 @@ def test_values_stay_literal(key, value):
     assert overrides[key] == value
 
 
-@pytest.mark.parametrize(
-    "value", ["saves/a\n--deepspeed=x", "a\rb", "a\x00b", "a\u2028b", "tab\there"]
-)
+@pytest.mark.parametrize("value", ["saves/a\n--deepspeed=x", "a\rb", "a\x00b", "a\u2028b", "tab\there"])
 def test_line_breaks_and_control_characters_are_refused(value):
     with pytest.raises(ConfigError, match=r"^output_dir: line breaks and control characters"):
         train_config({**start_values(), "output_dir": value})
@@ -170,4 +175,6 @@ def test_preview_shows_one_line_errors_not_tracebacks():
     assert command == "" and text == ""
     assert message.startswith("**error:** learning_rate:") and "\n" not in message
     command, text, message = actions.preview(start_values(), "")
-    assert command.startswith("llmtune train --model_name_or_path=llmtune/tiny-llama") and "finetuning_type: lora" in text
+    assert (
+        command.startswith("llmtune train --model_name_or_path=llmtune/tiny-llama") and "finetuning_type: lora" in text
+    )

@@ -51,6 +51,11 @@ def _write(path: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _command() -> list[str]:
+    """This process's command line as a user would type it (``llmtune train ...``)."""
+    return ["llmtune", *sys.argv[1:]]
+
+
 def mark_running(output_dir: str | Path) -> None:
     """Record that this process is training into ``output_dir`` (rank 0 only)."""
     global _current
@@ -60,7 +65,7 @@ def mark_running(output_dir: str | Path) -> None:
     record = {
         "state": "running",
         "pid": os.getpid(),
-        "command": list(sys.argv),
+        "command": _command(),
         "started": time.time(),
         "ended": None,
         "error": [],
@@ -74,7 +79,7 @@ def mark_ended(state: str, error: BaseException | None = None) -> None:
     if _current is None:
         return
     path = _current / STATUS_FILE
-    record = read_status(_current) or {"pid": os.getpid(), "command": list(sys.argv), "started": None}
+    record = read_status(_current) or {"pid": os.getpid(), "command": _command(), "started": None}
     record.update(state=state, ended=time.time(), error=error_lines(error) if error is not None else [])
     try:
         _write(path, record)
