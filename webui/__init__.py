@@ -15,6 +15,13 @@ def launch_ui(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = 
     """Serve the page on ``host:port`` (loopback unless asked otherwise); ``share`` opens a Gradio link."""
     from webui.app import create_app
 
+    if share or host not in ("127.0.0.1", "localhost", "::1"):
+        # The page starts processes and writes files as this user: say so before anyone else can reach it.
+        print(
+            f"llmtune webui: reachable beyond this machine ({'share link' if share else host}); anyone who can "
+            "open it can start runs and write files as this user",
+            flush=True,
+        )
     app = create_app()
     app.queue()
     app.launch(server_name=host, server_port=port, share=share, inbrowser=False, prevent_thread_lock=not block)

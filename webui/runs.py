@@ -169,11 +169,21 @@ def read_results(run_dir: str, since: float) -> list[dict[str, Any]]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        metrics = data.get("metrics", data) if isinstance(data, dict) else {}
+        metrics = _flat_metrics(data) if isinstance(data, dict) else {}
         row = {"task": path.parent.name}
         row.update({k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)})
         rows.append(row)
     return rows
+
+
+def _flat_metrics(data: dict[str, Any]) -> dict[str, Any]:
+    """Task results keep their ``metrics``; MT-bench's become the medians (overall, turns, categories) and missing."""
+    if "categories" not in data:
+        return data.get("metrics", data)
+    flat = {key: (data.get(key) or {}).get("median") for key in ("overall", "turn 1", "turn 2")}
+    flat.update({name: (stats or {}).get("median") for name, stats in data["categories"].items()})
+    flat["missing judgments"] = (data.get("counts") or {}).get("missing")
+    return flat
 
 
 def abort(record: Launch) -> str:

@@ -104,3 +104,36 @@ def test_an_older_runs_status_is_not_taken_for_this_one(tmp_path):
     finally:
         if runs.alive(record.pid):
             os.kill(record.pid, 9)
+
+
+def test_eval_results_are_read_for_tasks_and_mt_bench(tmp_path):
+    task = tmp_path / "eval" / "demo_sst2"
+    bench = tmp_path / "eval" / "mt_bench"
+    task.mkdir(parents=True)
+    bench.mkdir(parents=True)
+    (task / "results.json").write_text(json.dumps({"task": "demo_sst2", "metrics": {"accuracy": 0.6875}}))
+    median = {"median": 6.5, "spread": 0.2}
+    mt = {"overall": median, "turn 1": median, "turn 2": {"median": None}, "categories": {"coding": median}}
+    (bench / "results.json").write_text(json.dumps({**mt, "counts": {"missing": 2}}))
+    rows = runs.read_results(str(tmp_path), since=time.time() - 60)
+    assert rows == [
+        {"task": "demo_sst2", "accuracy": 0.6875},
+        {"task": "mt_bench", "overall": 6.5, "turn 1": 6.5, "coding": 6.5, "missing judgments": 2},
+    ]
+    assert runs.read_results(str(tmp_path), since=time.time() + 60) == []  # older results are not this run's
+
+
+def test_one_run_at_a_time_per_ui(tmp_path):
+    from webui import actions
+    from webui.fields import start_values
+
+    state = actions.UiState()
+    state.current = runs.launch(
+        "train", ["llmtune"], [sys.executable, "-c", "import time; time.sleep(5)"], str(tmp_path)
+    )
+    try:
+        message = actions.start_train(state, {**start_values(), "output_dir": str(tmp_path / "b")}, "")
+        assert message.startswith("**error:** a run is already going") and not (tmp_path / "b").exists()
+        assert len(runs.list_launches()) == 1
+    finally:
+        os.kill(state.current.pid, 9)
