@@ -140,6 +140,8 @@ def view(record: Launch) -> RunView:
     step, total = int(last.get("current_steps") or 0), int(last.get("total_steps") or 0)
     results = read_results(record.output_dir, record.started) if record.kind == "eval" else []
     state, error = _state(record, running, log, results)
+    if state == "starting":  # the folder may still hold an older run's log until this run empties it
+        step, total, losses = 0, 0, []
     return RunView(state, error, step, total, losses, log, results)
 
 

@@ -43,12 +43,13 @@ def ui(tmp_path):
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
-    while time.time() < deadline:
+    while True:
         try:
             urllib.request.urlopen(url, timeout=2)
             break
         except OSError:
             assert proc.poll() is None, (tmp_path / "ui.log").read_text()
+            assert time.time() < deadline, "llmtune webui did not answer within 120 s"
             time.sleep(0.5)
     yield url, tmp_path
     proc.terminate()
