@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from itertools import groupby
+from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls from an offline machine
@@ -90,91 +91,96 @@ def _newest(kind: str | None = None) -> str | None:
     return chosen[0].id if chosen else None
 
 
+def _train_form(start: dict[str, Any]) -> SimpleNamespace:
+    """The Train tab's left column: presets, one accordion per option group, the other-keys box."""
+    datasets = dataset_names()
+    method_set = set(all_method_groups())
+    ui = SimpleNamespace(components=[], accordions={})
+    with gr.Row():
+        ui.preset = gr.Dropdown(list(presets()), value=None, label="Preset (examples/)", elem_id="preset")
+        ui.load_preset = gr.Button("Load preset", elem_id="load-preset")
+    for group, members in groupby(train_fields(), key=lambda f: f.group):
+        members = list(members)
+        visible = group not in method_set or group in method_groups()[start["finetuning_type"]]
+        title = GROUP_TITLES.get(group, f"{group.removesuffix('Arguments')} options")
+        with gr.Accordion(title, open=group in OPEN_GROUPS or group in method_set, visible=visible) as acc:
+            for i in range(0, len(members), PER_ROW):
+                with gr.Row():
+                    ui.components += [_component(f, start[f.name], datasets) for f in members[i : i + PER_ROW]]
+        if group in method_set:
+            ui.accordions[group] = acc
+    ui.extra = gr.Textbox(label="Other keys (YAML, one `key: value` a line)", lines=2, elem_id="extra")
+    return ui
+
+
+def _train_panel() -> SimpleNamespace:
+    """The Train tab's right column: the buttons, the command and YAML, and the run being watched."""
+    ui = SimpleNamespace()
+    with gr.Row():
+        ui.preview = gr.Button("Preview", elem_id="preview")
+        ui.estimate = gr.Button("Estimate memory", elem_id="estimate")
+    with gr.Row():
+        ui.start = gr.Button("Start", variant="primary", elem_id="start")
+        ui.abort = gr.Button("Abort", variant="stop", elem_id="abort")
+    ui.message = gr.Markdown(elem_id="message")
+    ui.command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="command")
+    ui.yaml = gr.Code(label="YAML", language="yaml", elem_id="yaml")
+    with gr.Row():
+        ui.save_path = gr.Textbox(value="saves/webui/config.yaml", label="Save config as", elem_id="save-path")
+        ui.save = gr.Button("Save config", elem_id="save")
+    ui.estimate_out = gr.Textbox(label="Memory estimate (llmtune estimate)", lines=6, elem_id="estimate-out")
+    gr.Markdown("## Runs")
+    ui.run_pick = gr.Dropdown(_run_choices(), label="Run", elem_id="run-pick")
+    ui.status = gr.Markdown("no run yet", elem_id="run-status")
+    ui.progress = gr.HTML(elem_id="run-progress")
+    ui.loss_plot = gr.LinePlot(_loss_frame(None), x="step", y="loss", title="training loss", elem_id="loss-plot")
+    ui.log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, elem_id="run-log")
+    return ui
+
+
+def _eval_tab(run_dir: str) -> SimpleNamespace:
+    """The Evaluate tab: a run folder, tasks, the eval options, and the results."""
+    ui = SimpleNamespace(components=[])
+    ui.run_dir = gr.Textbox(value=run_dir, label="Run folder (written by llmtune train)", elem_id="e-run")
+    ui.tasks = gr.Dropdown(task_names(), value=["demo_sst2"], multiselect=True, label="Tasks", elem_id="e-tasks")
+    efields = eval_fields()
+    with gr.Accordion("Evaluation options", open=False):
+        for i in range(0, len(efields), PER_ROW):
+            with gr.Row():
+                for f in efields[i : i + PER_ROW]:
+                    value = bool(f.default) if f.kind == "bool" else f.default_text
+                    ui.components.append(_component(f, value, []))
+    with gr.Row():
+        ui.preview = gr.Button("Preview", elem_id="e-preview")
+        ui.start = gr.Button("Start evaluation", variant="primary", elem_id="e-start")
+    ui.message = gr.Markdown(elem_id="e-message")
+    ui.command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="e-command")
+    ui.status = gr.Markdown(elem_id="e-status")
+    ui.results = gr.Dataframe(label="Results", elem_id="e-results")
+    ui.chart = gr.BarPlot(_chart_frame(None), x="metric", y="value", color="task", title="metrics", elem_id="e-chart")
+    ui.log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, elem_id="e-log")
+    return ui
+
+
 def create_app() -> gr.Blocks:
     """Build the page (one UiState per UI process: one run at a time)."""
     state = actions.UiState()
     fields = train_fields()
     keys = [f.name for f in fields]
+    efields = eval_fields()
     start = start_values()
-    datasets = dataset_names()
-    method_set = set(all_method_groups())
 
     with gr.Blocks(title="llmtune") as app:
         gr.Markdown("# llmtune\nBuild, preview, start and watch a fine-tuning run. Runs go on when this page closes.")
         with gr.Tab("Train"):
             with gr.Row():
                 with gr.Column(scale=3):
-                    with gr.Row():
-                        preset = gr.Dropdown(list(presets()), value=None, label="Preset (examples/)", elem_id="preset")
-                        load_preset = gr.Button("Load preset", elem_id="load-preset")
-                    components: list[gr.components.Component] = []
-                    accordions: dict[str, gr.Accordion] = {}
-                    first_type = start["finetuning_type"]
-                    for group, members in groupby(fields, key=lambda f: f.group):
-                        members = list(members)
-                        visible = group not in method_set or group in method_groups()[first_type]
-                        title = GROUP_TITLES.get(group, f"{group.removesuffix('Arguments')} options")
-                        with gr.Accordion(
-                            title, open=group in OPEN_GROUPS or group in method_set, visible=visible
-                        ) as acc:
-                            for i in range(0, len(members), PER_ROW):
-                                with gr.Row():
-                                    row = members[i : i + PER_ROW]
-                                    components += [_component(f, start[f.name], datasets) for f in row]
-                        if group in method_set:
-                            accordions[group] = acc
-                    extra = gr.Textbox(label="Other keys (YAML, one `key: value` a line)", lines=2, elem_id="extra")
+                    form_ui = _train_form(start)
                 with gr.Column(scale=2):
-                    with gr.Row():
-                        preview_btn = gr.Button("Preview", elem_id="preview")
-                        estimate_btn = gr.Button("Estimate memory", elem_id="estimate")
-                    with gr.Row():
-                        start_btn = gr.Button("Start", variant="primary", elem_id="start")
-                        abort_btn = gr.Button("Abort", variant="stop", elem_id="abort")
-                    message = gr.Markdown(elem_id="message")
-                    command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="command")
-                    yaml_box = gr.Code(label="YAML", language="yaml", elem_id="yaml")
-                    with gr.Row():
-                        save_path = gr.Textbox(
-                            value="saves/webui/config.yaml", label="Save config as", elem_id="save-path"
-                        )
-                        save_btn = gr.Button("Save config", elem_id="save")
-                    estimate_box = gr.Textbox(
-                        label="Memory estimate (llmtune estimate)", lines=6, elem_id="estimate-out"
-                    )
-                    gr.Markdown("## Runs")
-                    run_pick = gr.Dropdown(_run_choices(), label="Run", elem_id="run-pick")
-                    status = gr.Markdown("no run yet", elem_id="run-status")
-                    progress = gr.HTML(elem_id="run-progress")
-                    loss_plot = gr.LinePlot(
-                        _loss_frame(None), x="step", y="loss", title="training loss", elem_id="loss-plot"
-                    )
-                    log_box = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, elem_id="run-log")
-
+                    panel = _train_panel()
         with gr.Tab("Evaluate"):
-            run_dir = gr.Textbox(
-                value=start["output_dir"], label="Run folder (written by llmtune train)", elem_id="e-run"
-            )
-            tasks = gr.Dropdown(task_names(), value=["demo_sst2"], multiselect=True, label="Tasks", elem_id="e-tasks")
-            eval_components = []
-            efields = eval_fields()
-            with gr.Accordion("Evaluation options", open=False):
-                for i in range(0, len(efields), PER_ROW):
-                    with gr.Row():
-                        for f in efields[i : i + PER_ROW]:
-                            value = bool(f.default) if f.kind == "bool" else f.default_text
-                            eval_components.append(_component(f, value, []))
-            with gr.Row():
-                eval_preview_btn = gr.Button("Preview", elem_id="e-preview")
-                eval_start_btn = gr.Button("Start evaluation", variant="primary", elem_id="e-start")
-            eval_message = gr.Markdown(elem_id="e-message")
-            eval_command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="e-command")
-            eval_status = gr.Markdown(elem_id="e-status")
-            results = gr.Dataframe(label="Results", elem_id="e-results")
-            chart = gr.BarPlot(
-                _chart_frame(None), x="metric", y="value", color="task", title="metrics", elem_id="e-chart"
-            )
-            eval_log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, elem_id="e-log")
+            ev = _eval_tab(start["output_dir"])
+        components, accordions, extra = form_ui.components, form_ui.accordions, form_ui.extra
 
         # ---- wiring
         def values_of(raw):
@@ -246,21 +252,21 @@ def create_app() -> gr.Blocks:
             return gr.update(choices=_run_choices(), value=_newest())
 
         form = [*components, extra]
-        preview_btn.click(on_preview, form, [command, yaml_box, message])
-        estimate_btn.click(on_estimate, form, estimate_box)
-        save_btn.click(on_save, [*form, save_path], message)
-        start_btn.click(on_start, form, [message, run_pick])
-        abort_btn.click(on_abort, run_pick, message)
-        preset_btn_outputs = [*components, extra]
-        load_preset.click(on_preset, preset, preset_btn_outputs)
+        watched = [panel.status, panel.progress, panel.loss_plot, panel.log]
+        panel.preview.click(on_preview, form, [panel.command, panel.yaml, panel.message])
+        panel.estimate.click(on_estimate, form, panel.estimate_out)
+        panel.save.click(on_save, [*form, panel.save_path], panel.message)
+        panel.start.click(on_start, form, [panel.message, panel.run_pick])
+        panel.abort.click(on_abort, panel.run_pick, panel.message)
+        form_ui.load_preset.click(on_preset, form_ui.preset, [*components, extra])
         type_box = components[keys.index("finetuning_type")]
         type_box.change(on_type, type_box, list(accordions.values()))
-        eval_inputs = [run_dir, tasks, *eval_components]
-        eval_preview_btn.click(on_eval_preview, eval_inputs, [eval_command, eval_message])
-        eval_start_btn.click(on_eval_start, eval_inputs, [eval_command, eval_message, run_pick])
+        eval_inputs = [ev.run_dir, ev.tasks, *ev.components]
+        ev.preview.click(on_eval_preview, eval_inputs, [ev.command, ev.message])
+        ev.start.click(on_eval_start, eval_inputs, [ev.command, ev.message, panel.run_pick])
         timer = gr.Timer(REFRESH_S)
-        timer.tick(refresh, run_pick, [status, progress, loss_plot, log_box])
-        timer.tick(eval_refresh, None, [eval_status, results, chart, eval_log])
-        run_pick.change(refresh, run_pick, [status, progress, loss_plot, log_box])
-        app.load(on_load, None, run_pick)
+        timer.tick(refresh, panel.run_pick, watched)
+        timer.tick(eval_refresh, None, [ev.status, ev.results, ev.chart, ev.log])
+        panel.run_pick.change(refresh, panel.run_pick, watched)
+        app.load(on_load, None, panel.run_pick)
     return app
