@@ -32,12 +32,6 @@ def test_version_and_env(capsys):
         assert name in out
 
 
-@pytest.mark.parametrize(("command", "issue"), [("webui", 7)])
-def test_planned_commands_say_not_available_yet(capsys, command, issue):
-    assert main([command]) == 2
-    assert f"not available yet (issue #{issue})" in capsys.readouterr().err
-
-
 def test_unknown_command_suggests(capsys):
     assert main(["trian"]) == 2
     assert "did you mean 'train'?" in capsys.readouterr().err

@@ -6,7 +6,8 @@ llmtune estimate CONFIG.yaml [--key value ...]  GPU memory the run needs, load n
 llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]  score tasks (sst2, ...) or MT-bench with a judge
 llmtune kernel [CONFIG.yaml] [--key value ...]  eNTK of prompt-based fine-tuning on a k-shot split
 llmtune export --model_name_or_path BASE --adapter_name_or_path ADAPTER --export_dir DIR  merge a LoRA adapter
-llmtune env | version | webui
+llmtune webui [--host 127.0.0.1] [--port 7860] [--share]   the Gradio app (a source checkout's webui/)
+llmtune env | version
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ commands:
   eval       score a model or a training run on tasks (sst2, squad, ...) or MT-bench (see `llmtune eval --help`)
   kernel     the eNTK view of fine-tuning: k-shot accuracy from a kernel, no training (see `llmtune kernel --help`)
   export     merge a LoRA adapter (QLoRA too) into its base and write a standard model folder
-  webui      the Gradio app (not available yet: issue #7)
+  webui      the Gradio app: build, preview, start and watch runs (--host, --port, --share; see docs/webui.md)
   env        versions of the libraries and the devices llmtune sees
   version    llmtune's version
 """
 
-PLANNED = {"webui": 7}
+PLANNED: dict[str, int] = {}
 
 
 def _setup_logging() -> None:
@@ -147,6 +148,42 @@ def cmd_train(tokens: list[str]) -> int:
     return 0
 
 
+def _import_webui():
+    """The ``webui`` package: the one next to ``src/`` in a source checkout, else an installed one."""
+    import importlib
+    from pathlib import Path
+
+    import llmtune
+    from llmtune.errors import ConfigError
+
+    root = Path(llmtune.__file__).resolve().parents[2]  # <checkout>/src/llmtune/__init__.py -> <checkout>
+    if (root / "webui" / "__init__.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        importlib.import_module("gradio")
+    except ImportError:
+        raise ConfigError('the web UI needs gradio: pip install -e ".[webui]"') from None
+    try:
+        return importlib.import_module("webui")
+    except ImportError:
+        raise ConfigError(
+            f"no webui package next to {root / 'src'}: run llmtune webui from a source checkout (pip install -e .)"
+        ) from None
+
+
+def cmd_webui(tokens: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="llmtune webui", description="the Gradio app (docs/webui.md)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    options = parser.parse_args(tokens)
+    webui = _import_webui()
+    webui.launch_ui(options.host, options.port, options.share)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``llmtune`` console script; returns the process exit status."""
     from llmtune.errors import LlmtuneError, TrainingInterrupted
@@ -172,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         "kernel": cmd_kernel,
         "export": cmd_export,
         "env": lambda _t: cmd_env(),
+        "webui": cmd_webui,
     }
     if command not in commands:
         from llmtune.errors import suggest
 
         print(f"llmtune: unknown command {command!r}{suggest(command, commands)}\n\n{USAGE}", file=sys.stderr)
         return 2
-    if any(t in ("-h", "--help") for t in tokens):
+    if any(t in ("-h", "--help") for t in tokens) and command != "webui":
         if command == "eval":
             from llmtune.eval.config import eval_options_text
 

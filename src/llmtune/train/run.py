@@ -23,6 +23,7 @@ import yaml
 from llmtune.errors import ConfigError, NumericalError, TrainingInterrupted
 from llmtune.hparams.parser import RunArguments
 from llmtune.train import checkpoint as ckpt
+from llmtune.train.status import mark_running, tracks_status
 
 logger = logging.getLogger("llmtune")
 
@@ -105,6 +106,7 @@ def save_config(out: Path, args: RunArguments) -> None:
         yaml.safe_dump(args.public_config(), handle, sort_keys=False, allow_unicode=True)
 
 
+@tracks_status  # the end state (finished / interrupted / failed) goes into output_dir/run_status.json
 def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     """Train with ``args`` and save the result into ``output_dir``. See the module docstring."""
     from transformers import set_seed
@@ -140,6 +142,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     logger.info("tokenised: %s", prepared.report.summary())
     out = prepare_output_dir(args, resume)
     save_config(out, args)
+    mark_running(out)  # run_status.json: readers (the web UI) find the run from here on
 
     warn_if_over_gpu(args)  # advice from the model's config alone, before the weights load
     set_seed(args.training.seed)  # adapters and method state are initialised from this seed, reproducibly

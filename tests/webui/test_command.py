@@ -1,0 +1,180 @@
+"""The command the UI builds says exactly what the form says, for every finetuning type, and nothing more."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from llmtune.errors import ConfigError
+from llmtune.hparams.parser import argument_classes, load_run_arguments, parse_args, parse_cli_overrides
+from webui import actions
+from webui.command import argv_for, check_paths, train_config, validated_yaml
+from webui.fields import field_map, method_groups, preset_values, presets, start_values
+
+# Non-default values for each finetuning type's own options (typed as the dataclasses hold them).
+METHOD_VALUES = {
+    "full": {},
+    "lora": {"lora_rank": 4, "lora_alpha": 16, "lora_dropout": 0.1, "lora_target": "q_proj,v_proj", "use_rslora": True},
+    "block": {
+        "badam_switch_mode": "ascending",
+        "badam_switch_interval": 10,
+        "badam_start_block": 1,
+        "badam_include_lm_head": True,
+    },
+    "sparse": {"badam_update_ratio": 0.1, "badam_mask_mode": "scatter", "badam_switch_interval": 5},
+    "zo": {"zo_eps": 0.01, "zo_num_queries": 2, "zo_objective": "accuracy", "zo_target": "lora"},
+    "adazeta": {"adazeta_alpha": 1.5, "adazeta_max_queries": 4, "loretta_rank": 4, "zo_eps": 0.001},
+    "loretta": {"loretta_mode": "reparam", "loretta_rank": 4, "loretta_bottleneck": 16, "loretta_train_norms": False},
+}
+COMMON = {
+    "learning_rate": 0.001,
+    "max_steps": 7,
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 2,
+    "cutoff_len": 64,
+    "max_samples": 10,
+    "train_on_prompt": True,
+    "output_dir": "saves/my run/--not-a-flag",
+}
+
+
+def form(finetuning_type: str, typed: dict) -> dict:
+    values = {**start_values(), "finetuning_type": finetuning_type}
+    for key, value in typed.items():
+        values[key] = value if isinstance(value, bool) else str(value)
+    return values
+
+
+def attribute(args, key):
+    for part in (args.model, args.data, args.finetuning, args.training, *args.methods.values()):
+        if hasattr(part, key):
+            return getattr(part, key)
+    raise AssertionError(key)
+
+
+def test_methods_are_all_covered():
+    assert set(METHOD_VALUES) == set(method_groups())
+
+
+@pytest.mark.parametrize("finetuning_type", list(METHOD_VALUES))
+def test_command_parses_back_to_the_form(finetuning_type):
+    typed = {**COMMON, **METHOD_VALUES[finetuning_type]}
+    config = train_config(form(finetuning_type, typed))
+    argv = argv_for("train", config)
+    assert argv[:2] == ["llmtune", "train"] and all(t.startswith("--") and "=" in t for t in argv[2:])
+
+    from_cli = load_run_arguments(argv[2:])
+    _, text = validated_yaml(config)
+    from_yaml = parse_args(yaml.safe_load(text))
+    assert from_cli.given == from_yaml.given
+    assert from_cli.finetuning.finetuning_type == finetuning_type
+    for key, value in typed.items():
+        assert attribute(from_cli, key) == value, key
+    # The chosen method's options dataclass is exactly the one the values describe.
+    for name in method_groups()[finetuning_type]:
+        cls = next(c for c in argument_classes() if c.__name__ == name)
+        own = {k: v for k, v in typed.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        assert from_cli.methods[[m for m, a in from_cli.methods.items() if type(a) is cls][0]] == cls(**own)
+
+
+def test_other_methods_options_stay_out_of_the_command():
+    values = form("zo", {**COMMON, "lora_rank": "4", "badam_update_ratio": "0.5"})
+    config = train_config(values)
+    assert "lora_rank" not in config and "badam_update_ratio" not in config
+    assert train_config(form("lora", {"lora_rank": "4"}))["lora_rank"] == "4"
+
+
+def test_fields_and_defaults_come_from_the_dataclasses():
+    fields = field_map()
+    for cls in argument_classes()[:-1]:  # every llmtune dataclass, all of its fields
+        for f in dataclasses.fields(cls):
+            if f.init and not f.name.startswith("_"):
+                default = None if f.default is dataclasses.MISSING else f.default
+                assert fields[f.name].default == default, f.name
+                assert fields[f.name].group == cls.__name__
+    training = {f.name: f.default for f in dataclasses.fields(argument_classes()[-1])}
+    assert fields["learning_rate"].default == training["learning_rate"]  # TRL's SFTConfig default
+    assert fields["finetuning_type"].choices[:2] == ("full", "lora")
+
+
+@pytest.mark.parametrize("name", [n for n in presets() if "tiny" in n])
+def test_tiny_presets_give_the_same_run_as_their_yaml(name):
+    from llmtune.hparams.parser import read_config_file
+
+    values, extra = preset_values(presets()[name])
+    argv = argv_for("train", train_config(values, extra))
+    from_ui = load_run_arguments(argv[2:])
+    for key, value in read_config_file(presets()[name]).items():
+        if key == "do_train":
+            continue
+        got = attribute(from_ui, key)
+        assert got == value or (
+            key == "gradient_checkpointing" and from_ui.training.activation_checkpointing == value
+        ), key
+
+
+# ---------------------------------------------------------------------------------------------
+# Injection attempts: literal values or one-line errors
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("output_dir", "--deepspeed=/etc/passwd"),
+        ("lora_target", "q_proj --trust_remote_code true"),
+        ("dataset", "demo_alpaca --max_steps=1"),
+        ("template", "default"),
+        ("default_system", "x=1 --bf16 true; rm -rf ~ `id` $(id)"),
+    ],
+)
+def test_values_stay_literal(key, value):
+    config = train_config({**start_values(), key: value})
+    argv = argv_for("train", config)
+    _, overrides = parse_cli_overrides(argv[2:])
+    assert overrides == config  # no key appears that the form did not set
+    assert overrides[key] == value
+
+
+@pytest.mark.parametrize("value", ["saves/a\n--deepspeed=x", "a\rb", "a\x00b", "a\u2028b", "tab\there"])
+def test_line_breaks_and_control_characters_are_refused(value):
+    with pytest.raises(ConfigError, match=r"^output_dir: line breaks and control characters"):
+        train_config({**start_values(), "output_dir": value})
+
+
+def test_other_keys_box_refuses_flags_and_line_breaks():
+    with pytest.raises(ConfigError, match="not a config key name"):
+        train_config(start_values(), "--deepspeed: x")
+    with pytest.raises(ConfigError, match="line breaks"):
+        train_config(start_values(), 'ddp_timeout: "1\\n--bf16 true"')
+    with pytest.raises(ConfigError, match="already set by its own field"):
+        train_config(start_values(), "output_dir: elsewhere")
+    assert train_config(start_values(), "ddp_timeout: 180000")["ddp_timeout"] == "180000"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("output_dir", "/", "is /, your home"),
+        ("output_dir", "~", "is /, your home"),
+        ("output_dir", "..", "is /, your home"),
+        ("output_dir", "", "output_dir: required"),
+        ("model_name_or_path", "./no/such/folder", "is not a folder"),
+        ("adapter_name_or_path", "no/such/adapter", "is not a folder"),
+        ("deepspeed", "no_such_ds.json", "is not a file"),
+    ],
+)
+def test_paths_are_checked(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        check_paths({"output_dir": "saves/x", key: value})
+
+
+def test_preview_shows_one_line_errors_not_tracebacks():
+    command, text, message = actions.preview({**start_values(), "learning_rate": "1e-3 --bf16 true"}, "")
+    assert command == "" and text == ""
+    assert message.startswith("**error:** learning_rate:") and "\n" not in message
+    command, text, message = actions.preview(start_values(), "")
+    assert (
+        command.startswith("llmtune train --model_name_or_path=llmtune/tiny-llama") and "finetuning_type: lora" in text
+    )

@@ -1,0 +1,153 @@
+"""What the buttons do, as plain functions of the form values (the Gradio wiring is in webui.app).
+
+Each returns text for the page; user mistakes come back as one-line messages, never tracebacks.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from llmtune.errors import ConfigError, LlmtuneError
+from webui import command as cmd
+from webui import runs
+
+ESTIMATE_TIMEOUT_S = 300
+
+
+class UiState:
+    """What one UI process remembers: the run it started last (one run at a time per UI)."""
+
+    def __init__(self) -> None:
+        self.current: runs.Launch | None = None
+
+    def busy(self) -> str | None:
+        """A message when this UI's last run still runs, else None."""
+        if self.current is not None and runs.alive(self.current.pid):
+            return f"a run is already going ({self.current.id}, pid {self.current.pid}): wait for it or abort it"
+        return None
+
+
+def _error(err: Exception) -> str:
+    return f"**error:** {err}"
+
+
+def preview(values: dict[str, Any], extra: str) -> tuple[str, str, str]:
+    """(command, YAML, message) for the form, validated by llmtune's parser; nothing runs."""
+    try:
+        config = cmd.train_config(values, extra)
+        argv = cmd.argv_for("train", config)
+        _, text = cmd.validated_yaml(config)
+    except (LlmtuneError, ValueError, OSError) as err:
+        return "", "", _error(err)
+    return cmd.shown_command(argv), text, "config OK (checked by llmtune's parser; no model loaded)"
+
+
+def save_config(values: dict[str, Any], extra: str, path: str) -> str:
+    """Write the form's YAML to ``path`` (a new or existing .yaml file)."""
+    try:
+        path = cmd.check_value("save path", (path or "").strip())
+        target = Path(path).expanduser()
+        if target.suffix not in (".yaml", ".yml"):
+            raise ConfigError(f"save path: {path!r} must end in .yaml or .yml")
+        if target.is_dir():
+            raise ConfigError(f"save path: {path!r} is a folder")
+        _, text = cmd.validated_yaml(cmd.train_config(values, extra))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except (LlmtuneError, ValueError, OSError) as err:
+        return _error(err)
+    return f"saved {target} (run it with `llmtune train {target}`)"
+
+
+def estimate(values: dict[str, Any], extra: str) -> str:
+    """``llmtune estimate`` for the form's run (reads the model's config only, loads no weights)."""
+    try:
+        config = cmd.train_config(values, extra)
+        cmd.validated_yaml(config)
+        argv = cmd.launch_argv(cmd.argv_for("estimate", config))
+    except (LlmtuneError, ValueError, OSError) as err:
+        return f"error: {err}"
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=ESTIMATE_TIMEOUT_S)  # noqa: S603
+    except subprocess.TimeoutExpired:
+        return f"llmtune estimate took over {ESTIMATE_TIMEOUT_S} s"
+    return (done.stdout + done.stderr).strip()
+
+
+def start_train(state: UiState, values: dict[str, Any], extra: str) -> str:
+    """Validate, then launch ``llmtune train`` detached; returns a message."""
+    busy = state.busy()
+    if busy:
+        return _error(busy)
+    try:
+        config = cmd.train_config(values, extra)
+        argv = cmd.argv_for("train", config)
+        args, _ = cmd.validated_yaml(config)
+        for other in runs.list_launches():
+            same = Path(other.output_dir) == Path(args.training.output_dir).expanduser().resolve()
+            if same and runs.alive(other.pid):
+                raise ConfigError(f"output_dir: run {other.id} (pid {other.pid}) is writing into it now")
+        from llmtune.train.run import check_output_dir, resolve_resume
+
+        check_output_dir(args, resolve_resume(args))
+    except (LlmtuneError, ValueError, OSError) as err:
+        return _error(err)
+    state.current = runs.launch("train", argv, cmd.launch_argv(argv), args.training.output_dir)
+    return f"started run {state.current.id} (pid {state.current.pid}); it goes on if you close this page"
+
+
+def start_eval(state: UiState, run_dir: str, tasks: list[str] | str, values: dict[str, Any]) -> tuple[str, str]:
+    """Validate, then launch ``llmtune eval`` detached; returns (command, message)."""
+    busy = state.busy()
+    if busy:
+        return "", _error(busy)
+    try:
+        config = cmd.eval_config(run_dir, tasks, values)
+        argv = cmd.argv_for("eval", config)
+        cmd.validated_eval(config)
+    except (LlmtuneError, ValueError, OSError) as err:
+        return "", _error(err)
+    state.current = runs.launch("eval", argv, cmd.launch_argv(argv), config["model_name_or_path"])
+    return cmd.shown_command(argv), f"started evaluation {state.current.id} (pid {state.current.pid})"
+
+
+def preview_eval(run_dir: str, tasks: list[str] | str, values: dict[str, Any]) -> tuple[str, str]:
+    """(command, message) of the evaluation, validated by ``llmtune eval``'s parser."""
+    try:
+        config = cmd.eval_config(run_dir, tasks, values)
+        argv = cmd.argv_for("eval", config)
+        run = cmd.validated_eval(config)
+    except (LlmtuneError, ValueError, OSError) as err:
+        return "", _error(err)
+    return cmd.shown_command(argv), f"config OK: results go to {run.output_dir}"
+
+
+def abort_message(record: runs.Launch | None) -> str:
+    """Abort ``record`` (SIGINT: the step finishes, a checkpoint is saved) and say what happened."""
+    if record is None:
+        return "no run to abort"
+    return runs.abort(record)
+
+
+def status_markdown(record: runs.Launch | None, view: runs.RunView | None) -> str:
+    """One block of markdown: state, step, last loss, pid, command and any error lines."""
+    if record is None or view is None:
+        return "no run yet"
+    parts = [f"**{view.state}**", f"run {record.id}", f"pid {record.pid}"]
+    if view.total_steps:
+        parts.append(f"step {view.step}/{view.total_steps}")
+    if view.losses:
+        parts.append(f"loss {view.losses[-1][1]:.4f}")
+    text = " · ".join(parts) + f"\n\n`{cmd.shown_command(record.command)}`\n\noutput: `{record.output_dir}`"
+    if view.error:
+        text += "\n\n```\n" + "\n".join(view.error) + "\n```"
+    return text
+
+
+def progress_html(view: runs.RunView | None) -> str:
+    if view is None or not view.total_steps:
+        return ""
+    pct = 100.0 * view.step / view.total_steps
+    return f'<progress value="{view.step}" max="{view.total_steps}" style="width:100%"></progress> {pct:.0f}%'

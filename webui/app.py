@@ -1,0 +1,272 @@
+"""The Gradio page: a Train tab and an Evaluate tab over llmtune's own arguments.
+
+Fields come from :mod:`webui.fields` (the dataclasses); buttons call :mod:`webui.actions`; the
+run panel re-reads the run's files every second (:mod:`webui.runs`), so a reloaded page, a second
+browser or a restarted UI shows the same run.
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import groupby
+from types import SimpleNamespace
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls from an offline machine
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from webui import actions, runs  # noqa: E402
+from webui.fields import (  # noqa: E402
+    Field,
+    all_method_groups,
+    dataset_names,
+    eval_fields,
+    method_groups,
+    preset_values,
+    presets,
+    start_values,
+    task_names,
+    train_fields,
+)
+
+GROUP_TITLES = {
+    "ModelArguments": "Model",
+    "DataArguments": "Data",
+    "FinetuningArguments": "Method",
+    "TrainingArguments": "Training",
+}
+OPEN_GROUPS = ("ModelArguments", "DataArguments", "FinetuningArguments", "TrainingArguments")
+PER_ROW = 3
+REFRESH_S = 1.0
+
+
+def _component(f: Field, value: Any, datasets: list[str]) -> gr.components.Component:
+    """The widget for one field (a switch, a closed choice, or a text box showing the default)."""
+    label, info, elem = f.name, (f.help or None), f"f-{f.name}"
+    if f.kind == "bool":
+        return gr.Checkbox(value=bool(value), label=label, info=info, elem_id=elem)
+    if f.kind == "choice":
+        return gr.Dropdown(list(f.choices), value=value or f.default, label=label, info=info, elem_id=elem)
+    if f.name == "dataset":
+        chosen = [v for v in str(value).split(",") if v]
+        return gr.Dropdown(
+            datasets, value=chosen, multiselect=True, allow_custom_value=True, label=label, info=info, elem_id=elem
+        )
+    return gr.Textbox(value=str(value), label=label, info=info, placeholder=f.default_text, elem_id=elem)
+
+
+def _form_values(keys: list[str], raw: tuple[Any, ...]) -> dict[str, Any]:
+    values = dict(zip(keys, raw, strict=True))
+    if isinstance(values.get("dataset"), list):
+        values["dataset"] = ",".join(values["dataset"])
+    return values
+
+
+def _loss_frame(view: runs.RunView | None) -> pd.DataFrame:
+    points = view.losses if view else []
+    return pd.DataFrame(points, columns=["step", "loss"])
+
+
+def _results_frame(view: runs.RunView | None) -> pd.DataFrame:
+    rows = view.results if view else []
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["task"])
+
+
+def _chart_frame(view: runs.RunView | None) -> pd.DataFrame:
+    rows = [(r["task"], k, v) for r in (view.results if view else []) for k, v in r.items() if k != "task"]
+    return pd.DataFrame(rows, columns=["task", "metric", "value"])
+
+
+def _run_choices() -> list[tuple[str, str]]:
+    return [(f"{r.id} · {r.kind} · {r.output_dir}", r.id) for r in runs.list_launches()]
+
+
+def _newest(kind: str | None = None) -> str | None:
+    """The run a fresh page shows: the newest one still going, else the newest one."""
+    found = [r for r in runs.list_launches() if kind is None or r.kind == kind]
+    going = [r for r in found if runs.alive(r.pid)]
+    chosen = going or found
+    return chosen[0].id if chosen else None
+
+
+def _train_form(start: dict[str, Any]) -> SimpleNamespace:
+    """The Train tab's left column: presets, one accordion per option group, the other-keys box."""
+    datasets = dataset_names()
+    method_set = set(all_method_groups())
+    ui = SimpleNamespace(components=[], accordions={})
+    with gr.Row():
+        ui.preset = gr.Dropdown(list(presets()), value=None, label="Preset (examples/)", elem_id="preset")
+        ui.load_preset = gr.Button("Load preset", elem_id="load-preset")
+    for group, members in groupby(train_fields(), key=lambda f: f.group):
+        members = list(members)
+        visible = group not in method_set or group in method_groups()[start["finetuning_type"]]
+        title = GROUP_TITLES.get(group, f"{group.removesuffix('Arguments')} options")
+        with gr.Accordion(title, open=group in OPEN_GROUPS or group in method_set, visible=visible) as acc:
+            for i in range(0, len(members), PER_ROW):
+                with gr.Row():
+                    ui.components += [_component(f, start[f.name], datasets) for f in members[i : i + PER_ROW]]
+        if group in method_set:
+            ui.accordions[group] = acc
+    ui.extra = gr.Textbox(label="Other keys (YAML, one `key: value` a line)", lines=2, elem_id="extra")
+    return ui
+
+
+def _train_panel() -> SimpleNamespace:
+    """The Train tab's right column: the buttons, the command and YAML, and the run being watched."""
+    ui = SimpleNamespace()
+    with gr.Row():
+        ui.preview = gr.Button("Preview", elem_id="preview")
+        ui.estimate = gr.Button("Estimate memory", elem_id="estimate")
+    with gr.Row():
+        ui.start = gr.Button("Start", variant="primary", elem_id="start")
+        ui.abort = gr.Button("Abort", variant="stop", elem_id="abort")
+    ui.message = gr.Markdown(elem_id="message")
+    ui.command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="command")
+    ui.yaml = gr.Code(label="YAML", language="yaml", elem_id="yaml")
+    with gr.Row():
+        ui.save_path = gr.Textbox(value="saves/webui/config.yaml", label="Save config as", elem_id="save-path")
+        ui.save = gr.Button("Save config", elem_id="save")
+    ui.estimate_out = gr.Textbox(label="Memory estimate (llmtune estimate)", lines=6, elem_id="estimate-out")
+    gr.Markdown("## Runs")
+    ui.run_pick = gr.Dropdown(_run_choices(), label="Run", elem_id="run-pick")
+    ui.status = gr.Markdown("no run yet", elem_id="run-status")
+    ui.progress = gr.HTML(elem_id="run-progress")
+    ui.loss_plot = gr.LinePlot(_loss_frame(None), x="step", y="loss", title="training loss", elem_id="loss-plot")
+    ui.log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, elem_id="run-log")
+    return ui
+
+
+def _eval_tab(run_dir: str) -> SimpleNamespace:
+    """The Evaluate tab: a run folder, tasks, the eval options, and the results."""
+    ui = SimpleNamespace(components=[])
+    ui.run_dir = gr.Textbox(value=run_dir, label="Run folder (written by llmtune train)", elem_id="e-run")
+    ui.tasks = gr.Dropdown(task_names(), value=["demo_sst2"], multiselect=True, label="Tasks", elem_id="e-tasks")
+    efields = eval_fields()
+    with gr.Accordion("Evaluation options", open=False):
+        for i in range(0, len(efields), PER_ROW):
+            with gr.Row():
+                for f in efields[i : i + PER_ROW]:
+                    value = bool(f.default) if f.kind == "bool" else f.default_text
+                    ui.components.append(_component(f, value, []))
+    with gr.Row():
+        ui.preview = gr.Button("Preview", elem_id="e-preview")
+        ui.start = gr.Button("Start evaluation", variant="primary", elem_id="e-start")
+    ui.message = gr.Markdown(elem_id="e-message")
+    ui.command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="e-command")
+    ui.status = gr.Markdown(elem_id="e-status")
+    ui.results = gr.Dataframe(label="Results", elem_id="e-results")
+    ui.chart = gr.BarPlot(_chart_frame(None), x="metric", y="value", color="task", title="metrics", elem_id="e-chart")
+    ui.log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, elem_id="e-log")
+    return ui
+
+
+def create_app() -> gr.Blocks:
+    """Build the page (one UiState per UI process: one run at a time)."""
+    state = actions.UiState()
+    fields = train_fields()
+    keys = [f.name for f in fields]
+    efields = eval_fields()
+    start = start_values()
+
+    with gr.Blocks(title="llmtune") as app:
+        gr.Markdown("# llmtune\nBuild, preview, start and watch a fine-tuning run. Runs go on when this page closes.")
+        with gr.Tab("Train"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    form_ui = _train_form(start)
+                with gr.Column(scale=2):
+                    panel = _train_panel()
+        with gr.Tab("Evaluate"):
+            ev = _eval_tab(start["output_dir"])
+        components, accordions, extra = form_ui.components, form_ui.accordions, form_ui.extra
+
+        # ---- wiring
+        def values_of(raw):
+            return _form_values(keys, raw[: len(keys)]), raw[len(keys)]
+
+        def on_preview(*raw):
+            return actions.preview(*values_of(raw))
+
+        def on_estimate(*raw):
+            return actions.estimate(*values_of(raw))
+
+        def on_save(*raw):
+            values, extra_text = values_of(raw[:-1])
+            return actions.save_config(values, extra_text, raw[-1])
+
+        def on_start(*raw):
+            text = actions.start_train(state, *values_of(raw))
+            chosen = state.current.id if state.current else None
+            return text, gr.update(choices=_run_choices(), value=chosen)
+
+        def on_abort(run_id):
+            record = runs.get_launch(run_id) if run_id else state.current
+            return actions.abort_message(record)
+
+        def on_type(ft):
+            own = method_groups().get(ft, ())
+            return [gr.update(visible=g in own) for g in accordions]
+
+        def on_preset(name):
+            found = presets().get(name)
+            if found is None:
+                return [gr.update() for _ in components] + [gr.update()]
+            values, leftover = preset_values(found)
+            out = []
+            for f in fields:
+                value = values.get(f.name)
+                if f.name == "dataset":
+                    value = [v for v in str(value).split(",") if v]
+                out.append(gr.update(value=value))
+            return out + [gr.update(value=leftover)]
+
+        def refresh(run_id):
+            record = runs.get_launch(run_id) if run_id else None
+            view = runs.view(record) if record else None
+            log = "\n".join(view.log) if view else ""
+            return actions.status_markdown(record, view), actions.progress_html(view), _loss_frame(view), log
+
+        def eval_refresh():
+            record = state.current if state.current and state.current.kind == "eval" else None
+            newest = None if record else _newest("eval")
+            record = record or (runs.get_launch(newest) if newest else None)
+            view = runs.view(record) if record else None
+            log = "\n".join(view.log) if view else ""
+            if record is None:
+                return "", _results_frame(None), _chart_frame(None), ""
+            return actions.status_markdown(record, view), _results_frame(view), _chart_frame(view), log
+
+        def eval_values(raw):
+            return dict(zip([f.name for f in efields], raw, strict=True))
+
+        def on_eval_preview(run, chosen, *raw):
+            return actions.preview_eval(run, chosen, eval_values(raw))
+
+        def on_eval_start(run, chosen, *raw):
+            shown, text = actions.start_eval(state, run, chosen, eval_values(raw))
+            return shown, text, gr.update(choices=_run_choices())
+
+        def on_load():
+            return gr.update(choices=_run_choices(), value=_newest())
+
+        form = [*components, extra]
+        watched = [panel.status, panel.progress, panel.loss_plot, panel.log]
+        panel.preview.click(on_preview, form, [panel.command, panel.yaml, panel.message])
+        panel.estimate.click(on_estimate, form, panel.estimate_out)
+        panel.save.click(on_save, [*form, panel.save_path], panel.message)
+        panel.start.click(on_start, form, [panel.message, panel.run_pick])
+        panel.abort.click(on_abort, panel.run_pick, panel.message)
+        form_ui.load_preset.click(on_preset, form_ui.preset, [*components, extra])
+        type_box = components[keys.index("finetuning_type")]
+        type_box.change(on_type, type_box, list(accordions.values()))
+        eval_inputs = [ev.run_dir, ev.tasks, *ev.components]
+        ev.preview.click(on_eval_preview, eval_inputs, [ev.command, ev.message])
+        ev.start.click(on_eval_start, eval_inputs, [ev.command, ev.message, panel.run_pick])
+        timer = gr.Timer(REFRESH_S)
+        timer.tick(refresh, panel.run_pick, watched)
+        timer.tick(eval_refresh, None, [ev.status, ev.results, ev.chart, ev.log])
+        panel.run_pick.change(refresh, panel.run_pick, watched)
+        app.load(on_load, None, panel.run_pick)
+    return app

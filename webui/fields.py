@@ -1,0 +1,220 @@
+"""The web UI's form, derived from llmtune's argument dataclasses (no second list of options).
+
+Each :class:`Field` is one config key: its group (the dataclass that defines it), default, help
+text and type come from :func:`llmtune.hparams.docs.iter_options` and the dataclass type hints;
+which method groups show for a ``finetuning_type`` comes from the method registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from llmtune.hparams.docs import iter_options
+from llmtune.hparams.parser import _members, argument_classes
+
+# Option groups that a method reads besides its own dataclass (documented in each config.py):
+# sparse uses BAdam's partition options, adazeta shapes LoRETTA adapters and uses the zo_* estimate.
+ALSO_USES = {"sparse": ("BlockArguments",), "adazeta": ("LorettaArguments", "ZerothOrderArguments")}
+# Keys the command always states, even at their default: they say what the run is.
+ALWAYS = ("stage", "model_name_or_path", "finetuning_type", "dataset", "template", "output_dir")
+# What a fresh page starts from (the embedded model and demo data run offline, on a CPU).
+START_VALUES = {
+    "model_name_or_path": "llmtune/tiny-llama",
+    "dataset": "demo_alpaca",
+    "output_dir": "saves/webui/tiny-llama",
+    "plot_loss": True,
+    "logging_steps": "5",
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key as the form shows it."""
+
+    group: str  # the dataclass name: ModelArguments, LoraArguments, TrainingArguments, ...
+    name: str
+    default: Any
+    help: str
+    kind: str  # "bool", "choice" or "text"
+    choices: tuple[str, ...] = ()
+
+    @property
+    def default_text(self) -> str:
+        """The default as the text box shows it ("" for None)."""
+        return "" if self.default is None else str(self.default)
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Keys with a closed set of values, from the constants the dataclasses validate against."""
+    from llmtune.data import TEMPLATES
+    from llmtune.hparams.finetuning_args import STAGES
+    from llmtune.methods import METHODS
+    from llmtune.methods.block.config import SWITCH_MODES
+    from llmtune.methods.loretta.config import LORETTA_ACTIVATIONS, LORETTA_MODES
+    from llmtune.methods.sparse.config import MASK_MODES
+    from llmtune.methods.zo.config import ZO_OBJECTIVES, ZO_OPTIMIZERS, ZO_TARGETS
+
+    return {
+        "stage": STAGES,
+        "finetuning_type": tuple(n for n, m in METHODS.items() if m.implemented),
+        "template": tuple(TEMPLATES),
+        "badam_switch_mode": SWITCH_MODES,
+        "badam_mask_mode": MASK_MODES,
+        "loretta_mode": LORETTA_MODES,
+        "loretta_activation": LORETTA_ACTIVATIONS,
+        "zo_target": ZO_TARGETS,
+        "zo_optimizer": ZO_OPTIMIZERS,
+        "zo_objective": ZO_OBJECTIVES,
+    }
+
+
+def _is_bool(hint: Any) -> bool:
+    members = [m for m in _members(hint) if m is not type(None)]
+    return members == [bool]
+
+
+@cache
+def train_fields() -> tuple[Field, ...]:
+    """Every field of the Train tab: all llmtune keys plus the common TrainingArguments keys."""
+    hints = {cls.__name__: typing.get_type_hints(cls) for cls in argument_classes()}
+    choices = _choices()
+    fields = []
+    for option in iter_options(all_training_keys=False):
+        hint = hints[option.group][option.name]
+        if option.name in choices:
+            kind = "choice"
+        elif _is_bool(hint):
+            kind = "bool"
+        else:
+            kind = "text"
+        fields.append(Field(option.group, option.name, option.default, option.help, kind, choices.get(option.name, ())))
+    return tuple(fields)
+
+
+@cache
+def field_map() -> dict[str, Field]:
+    return {f.name: f for f in train_fields()}
+
+
+@cache
+def method_groups() -> dict[str, tuple[str, ...]]:
+    """finetuning_type -> the option groups (dataclass names) it reads beyond the shared ones."""
+    from llmtune.methods import METHODS
+
+    groups = {}
+    for name, method in METHODS.items():
+        own = (method.arguments.__name__,) if method.arguments is not None else ()
+        groups[name] = own + ALSO_USES.get(name, ())
+    return groups
+
+
+def all_method_groups() -> tuple[str, ...]:
+    """Every method option group, in the order the dataclasses are documented."""
+    from llmtune.methods import method_argument_classes
+
+    return tuple(cls.__name__ for cls in method_argument_classes())
+
+
+def applies(field: Field, finetuning_type: str) -> bool:
+    """Whether ``field`` is an option of the run for this ``finetuning_type``."""
+    if field.group not in all_method_groups():
+        return True
+    return field.group in method_groups().get(finetuning_type, ())
+
+
+def default_values() -> dict[str, Any]:
+    """Every field at its dataclass default, as the form holds it."""
+    return {f.name: bool(f.default) if f.kind == "bool" else f.default_text for f in train_fields()}
+
+
+def start_values() -> dict[str, Any]:
+    """The form's values on a fresh page: the dataclass defaults, then :data:`START_VALUES`."""
+    return {**default_values(), **START_VALUES}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluate tab
+
+
+@cache
+def eval_fields() -> tuple[Field, ...]:
+    """The keys of ``llmtune eval`` beyond the run folder, from its dataclasses (llmtune.eval.config)."""
+    from llmtune.eval.config import eval_owners
+
+    fields = []
+    for name, cls in eval_owners().items():
+        if name == "model_name_or_path":  # the run folder box sets it
+            continue
+        f = {x.name: x for x in dataclasses.fields(cls)}[name]
+        hint = typing.get_type_hints(cls)[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = " ".join(str(f.metadata.get("help", "")).split())
+        fields.append(Field(cls.__name__, name, default, text, "bool" if _is_bool(hint) else "text"))
+    return tuple(fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choices that come from data: datasets, tasks and presets
+
+
+def repo_root() -> Path:
+    """The source checkout holding ``webui/`` (and ``examples/``, ``data/``)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def dataset_names(dataset_dir: str = "data") -> list[str]:
+    """Names from ``dataset_info.json`` and the task registry (SST-2 and the other tasks)."""
+    from llmtune.data.registry import load_registry, resolve_dataset_dir
+    from llmtune.data.tasks import load_tasks
+
+    try:
+        folder = resolve_dataset_dir(dataset_dir)
+        names = list(load_registry(folder))
+        names += [n for n in load_tasks(folder) if n not in names]
+    except (OSError, ValueError):
+        return []
+    return names
+
+
+def task_names(dataset_dir: str = "data") -> list[str]:
+    """What the Evaluate tab can score: the tasks of tasks.json and mt_bench."""
+    from llmtune.data.registry import resolve_dataset_dir
+    from llmtune.data.tasks import load_tasks
+
+    try:
+        return [*load_tasks(resolve_dataset_dir(dataset_dir)), "mt_bench"]
+    except (OSError, ValueError):
+        return ["mt_bench"]
+
+
+def presets(root: Path | None = None) -> dict[str, Path]:
+    """The shipped training examples (``examples/train_*/*.yaml``) by ``folder/name``: the presets."""
+    root = root or repo_root()
+    found = sorted((root / "examples").glob("train_*/*.yaml"))
+    return {f"{p.parent.name}/{p.stem}": p for p in found}
+
+
+def preset_values(path: Path) -> tuple[dict[str, Any], str]:
+    """A preset's keys as form values (other fields at their defaults) and the YAML of keys the form lacks."""
+    import yaml
+
+    from llmtune.hparams.parser import read_config_file
+    from llmtune.methods.registry import normalise_config
+
+    values = default_values()
+    leftover = {}
+    for key, value in normalise_config(read_config_file(path)).items():
+        f = field_map().get(key)
+        if f is None:
+            leftover[key] = value  # e.g. ddp_timeout: goes to the "other keys" box
+        elif f.kind == "bool":
+            values[key] = bool(value)
+        else:
+            values[key] = "" if value is None else str(value)
+    extra = yaml.safe_dump(leftover, sort_keys=False).strip() if leftover else ""
+    return values, extra
