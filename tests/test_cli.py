@@ -15,7 +15,7 @@ from llmtune.cli import main
 from llmtune.hparams import load_run_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if p.parent.name != "eval")
+EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if p.parent.name not in ("eval", "accelerate"))
 EVAL_EXAMPLES = sorted((ROOT / "examples" / "eval").glob("*.yaml"))  # parsed by `llmtune eval`'s parser
 TINY_LORA = ROOT / "examples" / "train_lora" / "tiny_lora_sft.yaml"
 
@@ -85,6 +85,7 @@ def test_validate_checks_data_without_loading_weights(capsys, tmp_path, monkeypa
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT / "examples")))
 def test_every_example_parses(path, monkeypatch, tmp_path):
     monkeypatch.setenv("LLMTUNE_ALLOW_CPU_BF16", "1")  # the GPU examples ask for bf16
+    monkeypatch.setattr("llmtune.compat.gpu_available", lambda: True)  # and the FSDP ones for GPUs
     config = yaml.safe_load(path.read_text())
     assert config["stage"] == "sft"
     args = load_run_arguments([str(path), "--output_dir", str(tmp_path / "out")])

@@ -133,7 +133,14 @@ RULES: list[Rule] = [
     ),
     # What tests prove.
     Rule(ANY, "none", "1", "fp32", "tested", MATRIX),
-    Rule("zo", "none", ">1", "fp32", "tested", "tests/methods/test_zo.py::test_gradient_accumulation_equals_a_batch_k_times_larger"),
+    Rule(
+        "zo",
+        "none",
+        ">1",
+        "fp32",
+        "tested",
+        "tests/methods/test_zo.py::test_gradient_accumulation_equals_a_batch_k_times_larger",
+    ),
     Rule(
         "adazeta",
         "none",
@@ -159,8 +166,22 @@ RULES: list[Rule] = [
         "tests/methods/test_sparse.py::test_bf16_weights_keep_an_fp32_master_of_the_selected_entries_only",
     ),
     Rule("zo", "none", "1", "bf16", "tested", "tests/methods/test_zo.py::test_bf16_forwards_leave_the_weights_exact"),
-    Rule("full", ("ddp", "zero2", "zero3"), "1", "fp32", "tested", f"{DIST}::test_full_under_ddp_zero2_zero3_matches_one_process"),
-    Rule(("lora", "loretta"), "zero3", "1", "fp32", "tested", f"{DIST}::test_zero3_adapters_reload_in_one_process_to_the_same_logits"),
+    Rule(
+        "full",
+        ("ddp", "zero2", "zero3"),
+        "1",
+        "fp32",
+        "tested",
+        f"{DIST}::test_full_under_ddp_zero2_zero3_matches_one_process",
+    ),
+    Rule(
+        ("lora", "loretta"),
+        "zero3",
+        "1",
+        "fp32",
+        "tested",
+        f"{DIST}::test_zero3_adapters_reload_in_one_process_to_the_same_logits",
+    ),
     Rule("zo", "ddp", "1", "fp32", "tested", f"{DIST}::test_zo_ranks_stay_identical"),
     Rule(
         "adazeta",
@@ -301,7 +322,9 @@ def check_config(config: dict[str, Any], *, world_size: int | None = None, has_g
 def _refuse(cell: Cell) -> None:
     rule = status_of(cell)
     if rule.status == "refused":
-        key = rule.key or {"zero2": "deepspeed", "zero3": "deepspeed", "fsdp": "fsdp"}.get(cell.engine, "finetuning_type")
+        key = rule.key or {"zero2": "deepspeed", "zero3": "deepspeed", "fsdp": "fsdp"}.get(
+            cell.engine, "finetuning_type"
+        )
         what = cell.describe(rule)
         what = what.removeprefix("finetuning_type: ") if key == "finetuning_type" else what
         raise ConfigError(f"{key}: {what} is not supported: {rule.detail}")
@@ -314,15 +337,18 @@ def check_machine(cell: Cell, config: dict[str, Any], has_gpu: bool | None = Non
             "deepspeed: the deepspeed package is not installed; pip install 'llmtune[deepspeed]' (or remove deepspeed)"
         )
     if cell.engine == "fsdp":
-        if has_gpu is None:
-            import torch
-
-            has_gpu = torch.cuda.is_available()
-        if not has_gpu:
+        if not (gpu_available() if has_gpu is None else has_gpu):
             raise ConfigError(
                 "fsdp: FSDP needs GPUs (on CPU accelerate would silently run plain DDP instead); remove fsdp to "
                 "train with DDP under torchrun, or use deepspeed: examples/deepspeed/ds_z3_config.json to shard on CPU"
             )
+
+
+def gpu_available() -> bool:
+    """Whether this machine has a CUDA GPU (FSDP's requirement)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ LOGIT_IDS = torch.arange(3, 35).reshape(2, 16)  # fixed token ids of the tiny vo
 
 
 def main(jobs_file: str) -> None:
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
     from llmtune.hparams import parse_args
     from llmtune.train.run import run_sft
-
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     rank = int(os.environ["RANK"])
     for job in json.loads(Path(jobs_file).read_text()):

@@ -63,8 +63,14 @@ def two_ranks(tmp_path_factory, make_config_module):
     jobs = [
         {"name": "zo_ddp", "config": job_config(make, where, "zo_ddp", "zo", learning_rate=1e-3), "record": "params"},
         {"name": "full_ddp", "config": job_config(make, where, "full_ddp", "full", per_device_train_batch_size=4)},
-        {"name": "full_z2", "config": job_config(make, where, "full_z2", "full", per_device_train_batch_size=4, deepspeed=z2)},
-        {"name": "full_z3", "config": job_config(make, where, "full_z3", "full", per_device_train_batch_size=4, deepspeed=z3)},
+        {
+            "name": "full_z2",
+            "config": job_config(make, where, "full_z2", "full", per_device_train_batch_size=4, deepspeed=z2),
+        },
+        {
+            "name": "full_z3",
+            "config": job_config(make, where, "full_z3", "full", per_device_train_batch_size=4, deepspeed=z3),
+        },
         {"name": "lora_z3", "config": job_config(make, where, "lora_z3", "lora", deepspeed=z3), "record": "logits"},
         {
             "name": "loretta_z3",
@@ -119,6 +125,7 @@ def test_zero3_adapters_reload_in_one_process_to_the_same_logits(two_ranks, make
     from peft import PeftModel
 
     import llmtune.methods.loretta.tuner  # noqa: F401  (registers loretta with PEFT)
+
     saved = torch.load(two_ranks / f"{name}.logits.pt")  # what the model gave under ZeRO-3 after training
     ids, trained = saved["input_ids"], saved["logits"]
     base = load_model(parse_args(make_config(tmp_path, "lora")).model).eval()
