@@ -253,7 +253,11 @@ def deepspeed_stage(value: Any) -> int:
         config = value
     else:
         path = Path(str(value))
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+            found = False
+        if not found:
             raise ConfigError(
                 f"deepspeed: {str(value)!r} does not exist; give a DeepSpeed JSON config, e.g. "
                 "examples/deepspeed/ds_z3_config.json"
@@ -282,7 +286,10 @@ def planned_world_size() -> int:
 def quantization_of(config: dict[str, Any]) -> str:
     """``quantization_bit`` as an axis value (the key arrives with llmtune.model.quantization)."""
     bits = config.get("quantization_bit")
-    return f"{int(bits)}bit" if bits not in (None, "", "none", "null") else "none"
+    try:
+        return f"{int(bits)}bit" if bits not in (None, "", "none", "null") else "none"
+    except (TypeError, ValueError):  # a bad value is reported by the quantisation options' own check
+        return "none"
 
 
 def cell_of(config: dict[str, Any], world_size: int | None = None, *, deepspeed_engine: str | None = None) -> Cell:
