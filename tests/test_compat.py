@@ -128,3 +128,18 @@ def test_quantisation_is_an_axis_with_its_own_rules(monkeypatch):
     with pytest.raises(ConfigError, match="full quantised to 4bit is not supported: cannot train 4-bit weights"):
         compat.check_config({"finetuning_type": "full", "quantization_bit": 4}, world_size=1)
     assert compat.check_config({"finetuning_type": "full"}, world_size=1).quantization == "none"
+
+
+def test_validate_prints_the_cell_and_its_status(capsys, tmp_path):
+    from llmtune.cli import main
+
+    config = ROOT / "examples" / "train_full" / "tiny_full_sft_ds3.yaml"
+    assert main(["validate", str(config), "--output_dir", str(tmp_path / "out"), "--max_samples", "8"]) == 0
+    out = capsys.readouterr().out
+    expected = (
+        "compatibility: finetuning_type: full under DeepSpeed ZeRO-3 with gradient_accumulation_steps 1 in fp32: "
+    )
+    assert (
+        expected + "tested (tests/train/test_distributed.py::test_full_under_ddp_zero2_zero3_matches_one_process)"
+        in out
+    )

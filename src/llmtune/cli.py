@@ -79,6 +79,11 @@ def cmd_validate(tokens: list[str]) -> int:
     for key, value in args.public_config().items():
         print(f"  {key}: {value}")
     print(f"method: {method.name} ({method.summary})")
+    from llmtune.compat import check_config, status_of
+
+    cell = check_config(args.given)
+    rule = status_of(cell)
+    print(f"compatibility: {cell.describe()}: {rule.status} ({rule.detail})")
     print(f"data: {report.summary()}")
     return 0
 

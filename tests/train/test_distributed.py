@@ -60,6 +60,8 @@ def two_ranks(tmp_path_factory, make_config_module):
     where = tmp_path_factory.mktemp("two_ranks")
     make = make_config_module
     z2, z3 = str(DS / "ds_z2_config.json"), str(DS / "ds_z3_config.json")
+    zero3 = {"per_device_train_batch_size": 4, "deepspeed": z3}
+    step2 = str(where / "full_z3" / "checkpoint-2")  # written by the full_z3 job, resumed by the next one
     jobs = [
         {"name": "zo_ddp", "config": job_config(make, where, "zo_ddp", "zo", learning_rate=1e-3), "record": "params"},
         {"name": "full_ddp", "config": job_config(make, where, "full_ddp", "full", per_device_train_batch_size=4)},
@@ -67,9 +69,10 @@ def two_ranks(tmp_path_factory, make_config_module):
             "name": "full_z2",
             "config": job_config(make, where, "full_z2", "full", per_device_train_batch_size=4, deepspeed=z2),
         },
+        {"name": "full_z3", "config": job_config(make, where, "full_z3", "full", save_steps=2, **zero3)},
         {
-            "name": "full_z3",
-            "config": job_config(make, where, "full_z3", "full", per_device_train_batch_size=4, deepspeed=z3),
+            "name": "full_z3_resumed",
+            "config": job_config(make, where, "full_z3_resumed", "full", resume_from_checkpoint=step2, **zero3),
         },
         {"name": "lora_z3", "config": job_config(make, where, "lora_z3", "lora", deepspeed=z3), "record": "logits"},
         {
@@ -118,6 +121,18 @@ def test_full_under_ddp_zero2_zero3_matches_one_process(two_ranks, tmp_path, mak
         logged = [json.loads(line) for line in (two_ranks / name / "trainer_log.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in logged if "loss" in r]
         assert losses == pytest.approx(one_losses, rel=1e-4), name
+
+
+def test_a_zero3_checkpoint_resumes_on_the_same_world_size_to_the_same_weights(two_ranks):
+    assert (two_ranks / "full_z3" / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's sharded states
+    resumed, uninterrupted = saved_weights(two_ranks / "full_z3_resumed"), saved_weights(two_ranks / "full_z3")
+    assert resumed.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6, msg=key)
+    logged = [
+        json.loads(line) for line in (two_ranks / "full_z3_resumed" / "trainer_log.jsonl").read_text().splitlines()
+    ]
+    assert [r["current_steps"] for r in logged if "loss" in r] == [3]  # it trained step 3 only
 
 
 @pytest.mark.parametrize("name", ["lora_z3", "loretta_z3"])
