@@ -6,6 +6,8 @@ command line, and that ``llmtune train`` hands exactly its arguments to torchrun
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -84,16 +86,34 @@ def test_torchrun_command_passes_argv_as_a_list():
 
 
 class _Recorder:
-    """Stands in for the torchrun process: records the command and exits with ``status``."""
+    """Stands in for the torchrun process: records the command and the signals it is sent, exits with 3."""
 
     commands: list[list[str]] = []
+    signals: list[int] = []
 
     def __init__(self, command, env):
         self.commands.append(command)
         self.env = env
 
+    def send_signal(self, signum):
+        self.signals.append(signum)
+
     def wait(self):
         return 3
+
+
+def test_sigterm_to_the_launcher_is_handed_to_torchrun(monkeypatch):
+    class Terminated(_Recorder):
+        def wait(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stops the job while torchrun runs
+            return 143
+
+    Terminated.signals = []
+    monkeypatch.setattr(launch.subprocess, "Popen", Terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert launch.relaunch(launch.LaunchPlan(2), ["train", "x.yaml"]) == 143
+    assert Terminated.signals == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) == before  # the launcher's own handling is back
 
 
 def test_train_validates_then_relaunches_with_its_arguments(monkeypatch, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -101,10 +102,15 @@ def relaunch(plan: LaunchPlan, argv: list[str]) -> int:
     logger.info("launching %d processes%s: %s", plan.nproc_per_node, where, " ".join(command))
     env = {**os.environ, "FORCE_TORCHRUN": "0"}
     process = subprocess.Popen(command, env=env)  # noqa: S603 - a list, no shell
+    # A scheduler's SIGTERM reaches this process only: hand it to torchrun, which passes it to the workers
+    # (they finish the step, save and exit). Ctrl-C reaches the whole process group, torchrun included.
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: process.send_signal(signum))
     try:
         return process.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached torchrun too: it stops the workers, which save and exit
+    except KeyboardInterrupt:
         return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def join_cpu_deepspeed_group() -> None:
