@@ -175,6 +175,9 @@ RULES: list[Rule] = [
         f"{DIST}::test_full_under_ddp_zero2_zero3_matches_one_process",
     ),
     Rule(
+        "full", ("ddp", "zero3"), ">1", "fp32", "tested", f"{DIST}::test_full_under_ddp_zero2_zero3_matches_one_process"
+    ),
+    Rule(
         ("lora", "loretta"),
         "zero3",
         "1",

@@ -61,6 +61,7 @@ def two_ranks(tmp_path_factory, make_config_module):
     make = make_config_module
     z2, z3 = str(DS / "ds_z2_config.json"), str(DS / "ds_z3_config.json")
     zero3 = {"per_device_train_batch_size": 4, "deepspeed": z3}
+    accum = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}  # still 8 a step
     step2 = str(where / "full_z3" / "checkpoint-2")  # written by the full_z3 job, resumed by the next one
     jobs = [
         {"name": "zo_ddp", "config": job_config(make, where, "zo_ddp", "zo", learning_rate=1e-3), "record": "params"},
@@ -70,6 +71,8 @@ def two_ranks(tmp_path_factory, make_config_module):
             "config": job_config(make, where, "full_z2", "full", per_device_train_batch_size=4, deepspeed=z2),
         },
         {"name": "full_z3", "config": job_config(make, where, "full_z3", "full", save_steps=2, **zero3)},
+        {"name": "full_ddp_accum", "config": job_config(make, where, "full_ddp_accum", "full", **accum)},
+        {"name": "full_z3_accum", "config": job_config(make, where, "full_z3_accum", "full", deepspeed=z3, **accum)},
         {
             "name": "full_z3_resumed",
             "config": job_config(make, where, "full_z3_resumed", "full", resume_from_checkpoint=step2, **zero3),
@@ -106,7 +109,8 @@ def saved_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_full_under_ddp_zero2_zero3_matches_one_process(two_ranks, tmp_path, make_config):
-    # One process with the same global batch (8 = 2 ranks x 4) and the same data order.
+    # One process with the same global batch (8 = 2 ranks x 4, or 2 ranks x 2 x 2 accumulated micro-batches)
+    # and the same data order.
     config = job_config(make_config, tmp_path, "one", "full", per_device_train_batch_size=8)
     before = {n: p.detach().clone() for n, p in load_model(parse_args(config).model).named_parameters()}
     result = run_sft(parse_args(config))
@@ -114,7 +118,7 @@ def test_full_under_ddp_zero2_zero3_matches_one_process(two_ranks, tmp_path, mak
     one_losses = [r["loss"] for r in result.log_history if "loss" in r]
     moved = max((one[n] - before[n]).abs().max().item() for n in one)
     assert moved > 1e-3  # the runs trained: a match below is not two copies of the initial weights
-    for name in ("full_ddp", "full_z2", "full_z3"):
+    for name in ("full_ddp", "full_z2", "full_z3", "full_ddp_accum", "full_z3_accum"):
         saved = saved_weights(two_ranks / name)
         for key, value in one.items():
             torch.testing.assert_close(saved[key].float(), value, rtol=0, atol=1e-5, msg=f"{name}: {key}")
