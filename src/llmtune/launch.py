@@ -99,7 +99,8 @@ def relaunch(plan: LaunchPlan, argv: list[str]) -> int:
     """Run ``llmtune <argv>`` under torchrun with ``plan`` and return its exit status."""
     command = torchrun_command(plan, argv)
     where = f" as node {plan.node_rank} of {plan.nnodes}" if plan.nnodes > 1 else ""
-    logger.info("launching %d processes%s: %s", plan.nproc_per_node, where, " ".join(command))
+    count = f"{plan.nproc_per_node} process{'es' if plan.nproc_per_node > 1 else ''}"
+    logger.info("launching %s%s: %s", count, where, " ".join(command))
     env = {**os.environ, "FORCE_TORCHRUN": "0"}
     process = subprocess.Popen(command, env=env)  # noqa: S603 - a list, no shell
     # A scheduler's SIGTERM reaches this process only: hand it to torchrun, which passes it to the workers

@@ -192,7 +192,7 @@ def test_two_nodes_on_one_machine_train_the_tiny_default(tmp_path, make_config):
         )
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    assert "launching 1 processes as node 0 of 2" in outputs[0]
+    assert "launching 1 process as node 0 of 2" in outputs[0]
     assert "llmtune: saved to" in outputs[0] and "llmtune: saved to" not in outputs[1]  # said once, by rank 0
     logged = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
     assert [r["current_steps"] for r in logged if "loss" in r] == [1, 2]
