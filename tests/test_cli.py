@@ -15,8 +15,10 @@ from llmtune.cli import main
 from llmtune.hparams import load_run_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
-# eval and kernel examples are parsed by their own parsers (test_every_eval_example_parses, tests/kernel)
-EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if p.parent.name not in ("eval", "kernel"))
+# eval, kernel and accelerate examples are not training configs (eval and kernel have their own parsers and tests)
+EXAMPLES = sorted(
+    p for p in (ROOT / "examples").rglob("*.yaml") if p.parent.name not in ("eval", "kernel", "accelerate")
+)
 EVAL_EXAMPLES = sorted((ROOT / "examples" / "eval").glob("*.yaml"))  # parsed by `llmtune eval`'s parser
 TINY_LORA = ROOT / "examples" / "train_lora" / "tiny_lora_sft.yaml"
 
@@ -80,6 +82,7 @@ def test_validate_checks_data_without_loading_weights(capsys, tmp_path, monkeypa
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT / "examples")))
 def test_every_example_parses(path, monkeypatch, tmp_path):
     monkeypatch.setenv("LLMTUNE_ALLOW_CPU_BF16", "1")  # the GPU examples ask for bf16
+    monkeypatch.setattr("llmtune.compat.gpu_available", lambda: True)  # and the FSDP ones for GPUs
     config = yaml.safe_load(path.read_text())
     assert config["stage"] == "sft"
     args = load_run_arguments([str(path), "--output_dir", str(tmp_path / "out")])

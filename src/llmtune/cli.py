@@ -84,6 +84,11 @@ def cmd_validate(tokens: list[str]) -> int:
     for key, value in args.public_config().items():
         print(f"  {key}: {value}")
     print(f"method: {method.name} ({method.summary})")
+    from llmtune.compat import check_config, status_of
+
+    cell = check_config(args.given)
+    rule = status_of(cell)
+    print(f"compatibility: {cell.describe()}: {rule.status} ({rule.detail})")
     print(f"data: {report.summary()}")
     return 0
 
@@ -137,9 +142,13 @@ def cmd_export(tokens: list[str]) -> int:
 
 def cmd_train(tokens: list[str]) -> int:
     from llmtune.hparams import load_run_arguments
+    from llmtune.launch import launch_plan, relaunch
     from llmtune.train.run import run_sft
 
-    args = load_run_arguments(tokens)
+    args = load_run_arguments(tokens)  # every mistake is reported once, before any process starts
+    plan = launch_plan(os.environ, force=bool(args.training.deepspeed))
+    if plan is not None:  # NPROC_PER_NODE / NNODES / FORCE_TORCHRUN, or deepspeed: run under torchrun
+        return relaunch(plan, ["train", *tokens])
     result = run_sft(args)
     loss = result.metrics.get("train_loss")
     shown = f" (train_loss {loss:.4f})" if isinstance(loss, float) else ""

@@ -11,7 +11,6 @@ import torch
 
 from llmtune.errors import CheckpointError, ConfigError
 from llmtune.hparams import parse_args
-from llmtune.methods.block.normalise import normalise_badam
 from llmtune.methods.block.optimizer import BlockOptimizer
 from llmtune.methods.block.partition import freeze_outside, partition_blocks
 from llmtune.model import load_model
@@ -272,11 +271,11 @@ def test_llamafactory_use_badam_becomes_block_or_sparse_with_its_own_defaults(ma
         ),
         (
             {"finetuning_type": "block", "deepspeed": "ds_z3.json"},
-            "deepspeed: finetuning_type: block does not run under deepspeed",
+            "deepspeed: finetuning_type: block under DeepSpeed ZeRO-3 is not supported: BAdam changes which parameters",
         ),
         (
             {"finetuning_type": "sparse", "fp16": "true"},
-            "fp16: finetuning_type: sparse keeps only the selected gradient entries",
+            "fp16: finetuning_type: sparse in fp16 is not supported: sparse keeps only the selected gradient entries",
         ),
     ],
 )
@@ -286,11 +285,10 @@ def test_bad_badam_options_are_one_line(make_config, tmp_path, config, message):
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
-def test_several_processes_are_refused_before_anything_loads(monkeypatch):
+def test_several_processes_are_refused_before_anything_loads(monkeypatch, make_config, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"^finetuning_type: block trains in one process, but this is one of 2"):
-        normalise_badam({"finetuning_type": "block"})
-    assert normalise_badam({"finetuning_type": "lora"}) == {"finetuning_type": "lora"}
+    with pytest.raises(ConfigError, match=r"^finetuning_type: block under DDP \(torchrun\) is not supported"):
+        parse_args(make_config(tmp_path, "block"))
 
 
 # -- the training path -------------------------------------------------------------------------

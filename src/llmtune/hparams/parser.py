@@ -278,6 +278,11 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
         raise ConfigError(f"unknown config key {key!r}{suggest(key, owners)}{more}; see `llmtune train --help`")
 
     given = {key: coerce(key, value, hints[owners[key][0]][key]) for key, value in config.items()}
+    from llmtune.compat import check_config
+
+    # The compatibility table (finetuning_type x engine x accumulation x precision) and the packages and
+    # devices its cell needs: refused here, before TrainingArguments imports DeepSpeed or anything loads.
+    cell = check_config(given)
     _check_precision(given)
 
     built: dict[type, Any] = {}
@@ -285,8 +290,14 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
         kwargs = {k: v for k, v in given.items() if cls in owners[k]}
         if cls is classes[-1]:  # TrainingArguments
             kwargs.setdefault("output_dir", "saves/llmtune")
-            if not _has_accelerator():
-                # accelerate only runs torchrun/DeepSpeed ranks as one job (MULTI_CPU) when told the
+            if not _has_accelerator() and cell.engine in ("zero2", "zero3") and _is_torchrun_worker():
+                # DeepSpeed on CPU: join its process group before TrainingArguments counts the processes.
+                from llmtune.launch import join_cpu_deepspeed_group
+
+                join_cpu_deepspeed_group()
+                kwargs.setdefault("accelerator_config", {"use_configured_state": True})
+            elif not _has_accelerator():
+                # accelerate only runs torchrun ranks as one job (MULTI_CPU) when told the
                 # device is the CPU; without it every rank would train alone, unaware of the others.
                 kwargs.setdefault("use_cpu", True)
             kwargs.setdefault("dataloader_pin_memory", _has_cuda())  # pinning without a GPU only warns
@@ -326,6 +337,14 @@ def _check_precision(given: dict[str, Any]) -> None:
         from llmtune.model import check_precision
 
         check_precision(bool(given.get("bf16")), bool(given.get("fp16")))
+
+
+def _is_torchrun_worker() -> bool:
+    import os
+
+    from llmtune.launch import is_torchrun_worker
+
+    return is_torchrun_worker(os.environ)
 
 
 def _has_cuda() -> bool:

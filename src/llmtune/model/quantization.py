@@ -84,12 +84,9 @@ def check_quantization(args: Any, finetuning_type: str | None = None) -> None:
             raise one_of("quantization_type", model.quantization_type, QUANTIZATION_TYPES)
         if not bitsandbytes_installed():
             raise ConfigError(f"quantization_bit: {bits} needs bitsandbytes, which is not installed: {INSTALL}")
-        if method not in ADAPTER_METHODS:
-            raise ConfigError(
-                f"quantization_bit: {bits} cannot be used with finetuning_type: {method}: it trains the base weights, "
-                f"which quantisation stores as {bits}-bit integers with no gradient; use lora (QLoRA), loretta, "
-                "or zo/adazeta with adapters, or drop quantization_bit"
-            )
+        from llmtune.compat import Cell, refuse
+
+        refuse(Cell(method, "none", "1", "fp32", f"{bits}bit"))  # which methods may be quantised: the table
         zo = args.methods.get("zo")
         if method == "zo" and zo is not None and zo.zo_target == "full":
             raise ConfigError(

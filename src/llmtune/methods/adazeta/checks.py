@@ -36,12 +36,7 @@ def check_adazeta_config(config: dict[str, Any]) -> dict[str, Any]:
             "loretta_train_norms: true is not supported with finetuning_type: adazeta (AdaZeta freezes "
             "the layer norms); remove it or use finetuning_type: loretta"
         )
-    for key in ("deepspeed", "fsdp"):
-        if config.get(key) not in (None, "", False, [], "false", "none"):
-            raise ConfigError(
-                f"{key}: not supported with finetuning_type: adazeta (no gradients or optimizer states "
-                f"to shard; the queries run on torchrun processes); remove {key}"
-            )
+    # deepspeed and fsdp: refused by the compatibility table (llmtune.compat), with the other engines' rules.
     return config
 
 

@@ -7,13 +7,12 @@ config means in llmtune what it means there: LLaMA-Factory's own defaults for th
 config does not set them (llmtune's defaults, random and 100, follow the BAdam authors' advice).
 
 This is the registry's ``normalise`` hook, the one method hook that runs on the raw config before
-any data or weights load, so it also refuses what ``block`` and ``sparse`` cannot run: several
-processes (torchrun / DDP), DeepSpeed, FSDP, and fp16 loss scaling with ``sparse``.
+any data or weights load. What ``block`` and ``sparse`` cannot run (several processes, DeepSpeed, FSDP,
+fp16 loss scaling with ``sparse``) is refused by the compatibility table, :mod:`llmtune.compat`.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from llmtune.errors import ConfigError, one_of
@@ -46,32 +45,19 @@ def normalise_badam(config: dict[str, Any]) -> dict[str, Any]:
                 config.setdefault(key, value)
     elif mode is not None and finetuning_type in BADAM_TYPES and LLAMAFACTORY_MODES[mode] != finetuning_type:
         raise ConfigError(f"badam_mode: {mode!r} contradicts finetuning_type: {finetuning_type!r}")
-    # Without use_badam LLaMA-Factory ignores badam_mode, and so does llmtune.
-    if config.get("finetuning_type") in BADAM_TYPES:
-        refuse_unsupported(config["finetuning_type"], config)
+    # Without use_badam LLaMA-Factory ignores badam_mode, and so does llmtune. What block/sparse cannot run
+    # (several processes, DeepSpeed, FSDP, sparse in fp16) is refused by the compatibility table (llmtune.compat).
     return config
 
 
 def refuse_unsupported(finetuning_type: str, config: dict[str, Any], world_size: int | None = None) -> None:
-    """Raise a one-line :class:`ConfigError` for a set-up ``block``/``sparse`` cannot train correctly."""
-    world_size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world_size > 1:
-        raise ConfigError(
-            f"finetuning_type: {finetuning_type} trains in one process, but this is one of {world_size} "
-            "(torchrun / accelerate launch): DDP builds its gradient reducer for the parameters trainable when it "
-            "starts, so the blocks that train later would never be synchronised; run it on one GPU"
-        )
-    for key in ("deepspeed", "fsdp"):
-        if _is_set(config.get(key)):
-            raise ConfigError(
-                f"{key}: finetuning_type: {finetuning_type} does not run under {key} in llmtune; remove {key} "
-                "(BAdam fits a Llama-3-8B run on one 24 GB GPU: see llmtune estimate)"
-            )
-    if finetuning_type == "sparse" and _is_true("fp16", config.get("fp16")):
-        raise ConfigError(
-            "fp16: finetuning_type: sparse keeps only the selected gradient entries, which fp16 loss scaling "
-            "cannot see; use bf16: true, or neither"
-        )
+    """Raise the compatibility table's one-line refusal for a set-up ``block``/``sparse`` cannot train correctly.
+
+    The parser checks every config against the table; trainers built by hand call this with their arguments.
+    """
+    from llmtune.compat import check_config
+
+    check_config({**config, "finetuning_type": finetuning_type}, world_size=world_size)
 
 
 def _is_true(key: str, value: Any) -> bool:
@@ -80,9 +66,3 @@ def _is_true(key: str, value: Any) -> bool:
     from llmtune.hparams.parser import coerce
 
     return bool(coerce(key, value, bool))
-
-
-def _is_set(value: Any) -> bool:
-    if value is None or value is False or (isinstance(value, str | list | dict) and not value):
-        return False
-    return not (isinstance(value, str) and value.strip().lower() in ("false", "no", "none", "null", "0"))

@@ -33,7 +33,9 @@ class BlockTrainer(LlmtuneTrainer):
             setup = badam_setup(self.model)
             # Checked when the config was read; again here for trainers built by hand.
             refuse_unsupported(
-                setup.kind, {"deepspeed": self.args.deepspeed, "fsdp": self.args.fsdp}, world_size=self.args.world_size
+                setup.kind,
+                {"deepspeed": self.args.deepspeed, "fsdp": self.args.fsdp, "fp16": self.args.fp16},
+                world_size=self.args.world_size,
             )
             self.optimizer = self.build_optimizer(setup, self.args)
             self._stop_backward_at_the_active_block()

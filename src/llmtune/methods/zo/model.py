@@ -41,14 +41,7 @@ def prepare_zo(model: Any, args: Any) -> Any:
 
 
 def _refuse_unsupported(args: Any, zo: Any) -> None:
-    training = args.training
-    if training.deepspeed:
-        raise ConfigError(
-            "deepspeed: not supported with finetuning_type: zo (it keeps no gradients or optimizer states to "
-            "shard); remove deepspeed"
-        )
-    if training.fsdp:
-        raise ConfigError("fsdp: not supported with finetuning_type: zo; remove fsdp")
+    # DeepSpeed and FSDP with zo are refused by the compatibility table (llmtune.compat) when the config is read.
     if zo.zo_target == "lora" and args.methods["lora"].use_dora:
         raise ConfigError(
             "use_dora: true is not supported with zo_target: lora (DoRA reads its weights outside the adapter "

@@ -1,0 +1,199 @@
+"""Several processes on the CPU (gloo): DDP, DeepSpeed ZeRO-2/3, data-parallel ZO, two simulated nodes.
+
+One torchrun start runs every 2-process training in a row (``distributed_worker.py``); the tests compare
+what it wrote with one-process runs. These are the "tested" cells of the compatibility table
+(``llmtune.compat``) for several processes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmtune.hparams import parse_args
+from llmtune.model import load_model
+from llmtune.train.run import run_sft
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("distributed_worker.py")
+DS = ROOT / "examples" / "deepspeed"
+STEPS = 3
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH"),
+]
+
+
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+def job_config(make_config, where: Path, name: str, finetuning_type: str, **overrides) -> dict:
+    config = make_config(where / name, finetuning_type, **{"max_steps": STEPS, "save_steps": 1000, **overrides})
+    config["dataset_dir"] = str(ROOT / "data")
+    return config
+
+
+LORETTA = {"learning_rate": 1e-2, "loretta_rank": 4, "loretta_bottleneck": 16}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, make_config_module):
+    """Run every 2-process job in one torchrun start; returns the folder the jobs wrote into."""
+    where = tmp_path_factory.mktemp("two_ranks")
+    make = make_config_module
+    z2, z3 = str(DS / "ds_z2_config.json"), str(DS / "ds_z3_config.json")
+    zero3 = {"per_device_train_batch_size": 4, "deepspeed": z3}
+    accum = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}  # still 8 a step
+    step2 = str(where / "full_z3" / "checkpoint-2")  # written by the full_z3 job, resumed by the next one
+    jobs = [
+        {"name": "zo_ddp", "config": job_config(make, where, "zo_ddp", "zo", learning_rate=1e-3), "record": "params"},
+        {"name": "full_ddp", "config": job_config(make, where, "full_ddp", "full", per_device_train_batch_size=4)},
+        {
+            "name": "full_z2",
+            "config": job_config(make, where, "full_z2", "full", per_device_train_batch_size=4, deepspeed=z2),
+        },
+        {"name": "full_z3", "config": job_config(make, where, "full_z3", "full", save_steps=2, **zero3)},
+        {"name": "full_ddp_accum", "config": job_config(make, where, "full_ddp_accum", "full", **accum)},
+        {"name": "full_z3_accum", "config": job_config(make, where, "full_z3_accum", "full", deepspeed=z3, **accum)},
+        {
+            "name": "full_z3_resumed",
+            "config": job_config(make, where, "full_z3_resumed", "full", resume_from_checkpoint=step2, **zero3),
+        },
+        {"name": "lora_z3", "config": job_config(make, where, "lora_z3", "lora", deepspeed=z3), "record": "logits"},
+        {
+            "name": "loretta_z3",
+            "config": job_config(make, where, "loretta_z3", "loretta", deepspeed=z3, **LORETTA),
+            "record": "logits",
+        },
+    ]
+    for job in jobs:
+        job.setdefault("record", None)
+    (where / "jobs.json").write_text(json.dumps(jobs))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        [*command, str(WORKER), str(where / "jobs.json")], cwd=where, env=env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return where
+
+
+@pytest.fixture(scope="module")
+def make_config_module():
+    """``tests/conftest.py``'s ``tiny_config`` for a module-scoped fixture (``make_config`` is per test)."""
+    spec = importlib.util.spec_from_file_location("_llmtune_tests_conftest", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tiny_config
+
+
+def saved_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_full_under_ddp_zero2_zero3_matches_one_process(two_ranks, tmp_path, make_config):
+    # One process with the same global batch (8 = 2 ranks x 4, or 2 ranks x 2 x 2 accumulated micro-batches)
+    # and the same data order.
+    config = job_config(make_config, tmp_path, "one", "full", per_device_train_batch_size=8)
+    before = {n: p.detach().clone() for n, p in load_model(parse_args(config).model).named_parameters()}
+    result = run_sft(parse_args(config))
+    one = {n: p.detach() for n, p in result.model.named_parameters()}
+    one_losses = [r["loss"] for r in result.log_history if "loss" in r]
+    moved = max((one[n] - before[n]).abs().max().item() for n in one)
+    assert moved > 1e-3  # the runs trained: a match below is not two copies of the initial weights
+    for name in ("full_ddp", "full_z2", "full_z3", "full_ddp_accum", "full_z3_accum"):
+        saved = saved_weights(two_ranks / name)
+        for key, value in one.items():
+            torch.testing.assert_close(saved[key].float(), value, rtol=0, atol=1e-5, msg=f"{name}: {key}")
+        logged = [json.loads(line) for line in (two_ranks / name / "trainer_log.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in logged if "loss" in r]
+        assert losses == pytest.approx(one_losses, rel=1e-4), name
+
+
+def test_a_zero3_checkpoint_resumes_on_the_same_world_size_to_the_same_weights(two_ranks):
+    assert (two_ranks / "full_z3" / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's sharded states
+    resumed, uninterrupted = saved_weights(two_ranks / "full_z3_resumed"), saved_weights(two_ranks / "full_z3")
+    assert resumed.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6, msg=key)
+    logged = [
+        json.loads(line) for line in (two_ranks / "full_z3_resumed" / "trainer_log.jsonl").read_text().splitlines()
+    ]
+    assert [r["current_steps"] for r in logged if "loss" in r] == [3]  # it trained step 3 only
+
+
+@pytest.mark.parametrize("name", ["lora_z3", "loretta_z3"])
+def test_zero3_adapters_reload_in_one_process_to_the_same_logits(two_ranks, make_config, tmp_path, name):
+    from peft import PeftModel
+
+    import llmtune.methods.loretta.tuner  # noqa: F401  (registers loretta with PEFT)
+
+    saved = torch.load(two_ranks / f"{name}.logits.pt")  # what the model gave under ZeRO-3 after training
+    ids, trained = saved["input_ids"], saved["logits"]
+    base = load_model(parse_args(make_config(tmp_path, "lora")).model).eval()
+    with torch.no_grad():
+        untrained = base(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(base, str(two_ranks / name)).eval()(input_ids=ids).logits
+    assert (trained - untrained).abs().max() > 1e-3  # the adapter learned something under ZeRO-3
+    torch.testing.assert_close(reloaded, trained, rtol=0, atol=1e-5)
+
+
+def test_zo_ranks_stay_identical(two_ranks, make_config):
+    rank0 = torch.load(two_ranks / "zo_ddp.rank0.pt")
+    rank1 = torch.load(two_ranks / "zo_ddp.rank1.pt")
+    initial = dict(load_model(parse_args(make_config(two_ranks / "unused", "zo")).model).named_parameters())
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert any(not torch.equal(rank0[k], initial[k].detach()) for k in rank0)  # ZO moved the weights
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_train_the_tiny_default(tmp_path, make_config):
+    """``NNODES=2``: one ``llmtune train`` per node, each relaunching itself under torchrun."""
+    config = job_config(make_config, tmp_path, "out", "lora", max_steps=2)
+    args = ["train"] + [f"--{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in config.items()]
+    port = str(_free_port())
+    nodes = []
+    for rank in (0, 1):
+        node_env = {**env(), "NNODES": "2", "NODE_RANK": str(rank), "NPROC_PER_NODE": "1"}
+        node_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        nodes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "llmtune", *args],
+                cwd=tmp_path,
+                env=node_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "launching 1 process as node 0 of 2" in outputs[0]
+    assert "llmtune: saved to" in outputs[0] and "llmtune: saved to" not in outputs[1]  # said once, by rank 0
+    logged = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
+    assert [r["current_steps"] for r in logged if "loss" in r] == [1, 2]
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
