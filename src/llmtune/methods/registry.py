@@ -55,17 +55,13 @@ class Method:
         return _import(self.prepare)
 
     def prepare_model(self, model: Any, args: Any) -> Any:
-        """``prepare``, then every trainable parameter in float32 unless the method ``keeps_half_weights``.
-
-        With ``bf16``/``fp16`` the model is loaded in that dtype, so what stays frozen (a LoRA base)
-        costs 2 bytes per parameter, while what is trained gets fp32 weights for the optimizer and
-        the fp16 gradient scaler (as LLaMA-Factory and PEFT's QLoRA recipe do).
-        """
+        """``prepare``, then (unless the method ``keeps_half_weights``) what trains in float32 and
+        what stays frozen in the compute dtype (``bf16``/``fp16``, else float32)."""
         model = self.prepare_fn()(model, args)
         if not self.keeps_half_weights:
-            from llmtune.model.loader import upcast_trainable
+            from llmtune.model.loader import compute_dtype, set_training_dtypes
 
-            upcast_trainable(model)
+            set_training_dtypes(model, compute_dtype(args.training.bf16, args.training.fp16))
         return model
 
     def trainer_class(self) -> type:

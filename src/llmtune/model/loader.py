@@ -236,6 +236,28 @@ def compute_dtype(bf16: bool | None, fp16: bool | None) -> torch.dtype:
     return getattr(torch, compute_dtype_name(bool(bf16), bool(fp16)))
 
 
+def training_load_dtype(bf16: bool | None, fp16: bool | None) -> torch.dtype | str:
+    """What ``llmtune train`` loads a model in: float32, or the checkpoint's own dtype (``"auto"``)
+    under bf16/fp16, so that a bf16 checkpoint never passes through float32 (half the load memory)
+    and an fp32 one is not rounded before its trained part is upcast again (see ``set_training_dtypes``)."""
+    return "auto" if (bf16 or fp16) else torch.float32
+
+
+def set_training_dtypes(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Trainable parameters in float32; frozen floating-point ones in ``dtype`` (the compute dtype).
+
+    With bf16/fp16 a LoRA base then costs 2 bytes per parameter while what is trained keeps fp32
+    weights for the optimizer and the fp16 gradient scaler (as LLaMA-Factory and PEFT's QLoRA recipe do).
+    Quantised weights (integer storage) are left alone.
+    """
+    for param in model.parameters():
+        if not param.is_floating_point():
+            continue
+        target = torch.float32 if param.requires_grad else dtype
+        if param.dtype != target:
+            param.data = param.data.to(target)
+
+
 def upcast_trainable(model: torch.nn.Module) -> int:
     """Cast every trainable half-precision parameter to float32 in place; return how many were cast."""
     cast = 0

@@ -114,7 +114,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     from llmtune.data import check_datasets, get_dataset
     from llmtune.methods import get_method
     from llmtune.model import count_parameters, load_model, load_tokenizer
-    from llmtune.model.loader import compute_dtype
+    from llmtune.model.loader import training_load_dtype
     from llmtune.train.callbacks import GracefulStop, JsonlLogCallback
     from llmtune.train.estimate import warn_if_over_gpu
     from llmtune.train.memory import out_of_memory_error
@@ -146,7 +146,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
 
     warn_if_over_gpu(args)  # advice from the model's config alone, before the weights load
     set_seed(args.training.seed)  # adapters and method state are initialised from this seed, reproducibly
-    model = load_model(args.model, compute_dtype(args.training.bf16, args.training.fp16))
+    model = load_model(args.model, training_load_dtype(args.training.bf16, args.training.fp16))
     model = method.prepare_model(model, args)  # frozen weights stay in the compute dtype, trained ones fp32
     if args.data.neat_packing:
         from llmtune.data.packing import prepare_model_for_packing
