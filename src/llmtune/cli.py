@@ -4,6 +4,7 @@ llmtune train CONFIG.yaml [--key value ...]     train (flags override the file's
 llmtune validate CONFIG.yaml [--key value ...]  check config and data, load no weights
 llmtune estimate CONFIG.yaml [--key value ...]  GPU memory the run needs, load no weights
 llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]  score tasks (sst2, ...) or MT-bench with a judge
+llmtune chat [CONFIG.yaml] --model_name_or_path M [--adapter_name_or_path A]  talk to a model in the terminal
 llmtune env | version | webui
 """
 
@@ -20,6 +21,7 @@ commands:
   validate   check a config and its datasets without loading any weights
   estimate   the GPU memory a config's run needs, by finetuning type, without loading any weights
   eval       score a model or a training run on tasks (sst2, squad, ...) or MT-bench (see `llmtune eval --help`)
+  chat       talk to a model (and its adapter) in the terminal, with its chat template
   webui      the Gradio app (not available yet: issue #7)
   env        versions of the libraries and the devices llmtune sees
   version    llmtune's version
@@ -114,6 +116,13 @@ def cmd_eval(tokens: list[str]) -> int:
     return 0
 
 
+def cmd_chat(tokens: list[str]) -> int:
+    from llmtune.chat import run_chat
+
+    run_chat(tokens)
+    return 0
+
+
 def cmd_train(tokens: list[str]) -> int:
     from llmtune.hparams import load_run_arguments
     from llmtune.train.run import run_sft
@@ -149,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate": cmd_validate,
         "estimate": cmd_estimate,
         "eval": cmd_eval,
+        "chat": cmd_chat,
         "env": lambda _t: cmd_env(),
     }
     if command not in commands:
@@ -161,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             from llmtune.eval.config import eval_options_text
 
             print(eval_options_text())
+            return 0
+        if command == "chat":
+            import llmtune.chat
+
+            print(llmtune.chat.__doc__)
             return 0
         from llmtune.hparams.docs import options_text
 
