@@ -49,7 +49,9 @@ def test_written_model_reloads_with_the_logits_of_the_gguf_loaded_one(tmp_path):
     build_smollm2_model(tmp_path, loaded=(gguf_model, gguf_tokenizer))
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False
+    )
     ids = tokenizer(text, return_tensors="pt").input_ids
     assert ids.tolist() == gguf_tokenizer(text, return_tensors="pt").input_ids.tolist()
     with torch.no_grad():
