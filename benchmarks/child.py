@@ -138,7 +138,15 @@ RUNNERS = {"llmtune": llmtune_run, "trl": trl_run, "inference": inference_run}
 
 
 def main(job_path: str, result_path: str) -> None:
-    memory = Memory()  # the baseline: this process after imports, before any model loads
+    # The libraries every runner uses are imported first, so the baseline (this process before any
+    # model loads) holds them and the peak rise counts the run, not the imports.
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import trl  # noqa: F401
+
+    import llmtune.train.run  # noqa: F401
+
+    memory = Memory()
     job = json.loads(open(job_path, encoding="utf-8").read())
     measure = Measure(job["warmup"], memory)
     RUNNERS[CONFIGS[job["name"]]["runner"]](job, measure)

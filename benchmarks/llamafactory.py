@@ -148,13 +148,13 @@ def run_job(job: dict, job_path: Path, result_path: Path, cache: Path, timeout: 
 
 def main(job_path: str, result_path: str) -> None:
     """In LLaMA-Factory's environment: run the job's YAML with the measuring callback."""
-    from benchmarks.measure import Measure, Memory, write_result
-
-    memory = Memory()
-    job = json.loads(Path(job_path).read_text())
     import yaml
     from llamafactory.train.tuner import run_exp
 
+    from benchmarks.measure import Measure, Memory, write_result
+
+    memory = Memory()  # after the imports, before any model loads (as in child.py)
+    job = json.loads(Path(job_path).read_text())
     measure = Measure(job["warmup"], memory)
     run_exp(yaml.safe_load(Path(job["lf_yaml"]).read_text()), callbacks=[measure])
     result = measure.result()

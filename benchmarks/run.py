@@ -206,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated configuration names (default: all of the suite)")
     parser.add_argument("--models", help="comma-separated model names (default: all of the suite)")
     parser.add_argument("--steps", type=int, help="measured steps (default: the suite's)")
+    parser.add_argument("--batch", type=int, help="batch size (default: the suite's)")
+    parser.add_argument(
+        "--lengths", help="comma-separated cutoff_len values replacing every group's (default: the suite's)"
+    )
     parser.add_argument("--dataset_dir", help="folder of the suite's dataset (default: LLaMA-Factory's demo sets)")
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/SUITE)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
@@ -218,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     suite = dict(SUITES[args.suite])
     if args.steps:
         suite["steps"] = args.steps
+    if args.batch:
+        suite["batch"] = args.batch
+    if args.lengths:
+        lengths = [int(n) for n in args.lengths.split(",")]
+        suite["groups"] = [{**group, "lengths": lengths} for group in suite["groups"]]
     out = Path(args.out or REPO / "benchmarks" / "results" / args.suite)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="llmtune-bench-"))
