@@ -38,7 +38,7 @@ def ensure_venv(cache: Path, log=print) -> Path:
     steps = [
         [sys.executable, "-m", "venv", str(python.parent.parent)],
         [str(python), "-m", "pip", "install", "-q", TORCH_PIN],
-        [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), "llamafactory"],
+        [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), "llamafactory", "badam==1.4"],
     ]
     start = time.time()
     for cmd in steps:
