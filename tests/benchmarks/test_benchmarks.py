@@ -56,6 +56,7 @@ def test_llamafactory_yaml_is_the_equivalent_run(tmp_path):
     lora = lf_yaml(_job("lora", tmp_path))
     assert (lora["lora_rank"], lora["lora_target"], lora["learning_rate"]) == (8, "all", CONFIGS["lora"]["lr"])
     assert lora["dataset_dir"] == str(ROOT / "data") and lora["template"] == "default"
+    assert lora["disable_gradient_checkpointing"]  # llmtune's default: no checkpointing, so neither side has it
 
 
 def test_qlora_is_skipped_with_a_reason_only_when_the_build_lacks_it():
