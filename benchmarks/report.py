@@ -71,7 +71,8 @@ def group_table(rows: list[dict]) -> list[str]:
     for row in rows:
         runner = CONFIGS[row["config"]]["runner"]
         if "error" in row:
-            lines.append(f"| {row['config']} | {runner} | {row['error']} ||||||")
+            error = row["error"].replace("|", "/").replace("\n", " ")  # a table cell
+            lines.append(f"| {row['config']} | {runner} | {error} ||||||")
             continue
         lines.append(
             f"| {row['config']} | {runner} | {row['trainable']:,} | {_mib(row['peak_rise_bytes'])} | "
