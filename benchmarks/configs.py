@@ -1,0 +1,148 @@
+"""What the benchmarks run, as data: configurations, models and suites.
+
+A *configuration* says who trains (``runner``) and how: ``llmtune`` runs ``llmtune.train.run.run_sft``
+with the llmtune options given; ``trl`` runs plain TRL ``SFTTrainer`` (optionally with a PEFT LoRA, or
+with an optimizer of the ``badam`` package); ``llamafactory`` runs LLaMA-Factory in its own virtual
+environment on the equivalent YAML; ``inference`` runs forward passes only (the reference for ``zo``).
+Every configuration of one run shares the model, data, batch size, sequence length and seed.
+"""
+
+from __future__ import annotations
+
+LORA = {"lora_rank": 8, "lora_alpha": 16, "lora_target": "all"}
+BLOCK = {"badam_switch_mode": "ascending", "badam_switch_interval": 50}
+RATIO = {"badam_update_ratio": 0.05, "badam_switch_interval": 50}
+
+# name -> configuration. ``options`` are llmtune keys (LLaMA-Factory's names); ``lr`` is the learning
+# rate of that configuration (a row and its baselines use the same).
+CONFIGS: dict[str, dict] = {
+    "full": {"runner": "llmtune", "options": {"finetuning_type": "full"}, "lr": 1e-5},
+    "lora": {"runner": "llmtune", "options": {"finetuning_type": "lora", **LORA}, "lr": 1e-4},
+    "block": {"runner": "llmtune", "options": {"finetuning_type": "block", **BLOCK}, "lr": 1e-5},
+    "sparse": {"runner": "llmtune", "options": {"finetuning_type": "sparse", **RATIO}, "lr": 1e-5},
+    "zo": {"runner": "llmtune", "options": {"finetuning_type": "zo"}, "lr": 1e-6},
+    "zo_lora": {"runner": "llmtune", "options": {"finetuning_type": "zo", "zo_target": "lora", **LORA}, "lr": 1e-4},
+    "loretta_adp": {
+        "runner": "llmtune",
+        "options": {"finetuning_type": "loretta", "loretta_mode": "adapter"},
+        "lr": 1e-4,
+    },
+    "loretta_rep": {
+        "runner": "llmtune",
+        "options": {"finetuning_type": "loretta", "loretta_mode": "reparam"},
+        "lr": 1e-4,
+    },
+    "adazeta": {"runner": "llmtune", "options": {"finetuning_type": "adazeta"}, "lr": 1e-4},
+    "qlora": {  # LoRA over a 4-bit nf4 base (bitsandbytes)
+        "runner": "llmtune",
+        "options": {"finetuning_type": "lora", "quantization_bit": 4, **LORA},
+        "lr": 1e-4,
+    },
+    "inference": {"runner": "inference", "options": {"finetuning_type": "full"}, "lr": 0.0},
+    "trl_full": {"runner": "trl", "options": {"finetuning_type": "full"}, "lr": 1e-5, "baseline_of": "full"},
+    "trl_lora": {"runner": "trl", "options": {"finetuning_type": "lora", **LORA}, "lr": 1e-4, "baseline_of": "lora"},
+    "badam_block": {
+        "runner": "trl",
+        "optimizer": "badam_block",
+        "options": {"finetuning_type": "full", **BLOCK},
+        "lr": 1e-5,
+        "baseline_of": "block",
+    },
+    "badam_ratio": {
+        "runner": "trl",
+        "optimizer": "badam_ratio",
+        # its gradients are torch sparse tensors, which the Trainer's clipping (linalg_vector_norm) refuses
+        "options": {"finetuning_type": "full", **RATIO, "max_grad_norm": 0.0},
+        "lr": 1e-5,
+        "baseline_of": "sparse",
+    },
+    "lf_full": {"runner": "llamafactory", "options": {"finetuning_type": "full"}, "lr": 1e-5, "baseline_of": "full"},
+    "lf_lora": {
+        "runner": "llamafactory",
+        "options": {"finetuning_type": "lora", **LORA},
+        "lr": 1e-4,
+        "baseline_of": "lora",
+    },
+    "lf_badam": {
+        "runner": "llamafactory",
+        "options": {"finetuning_type": "block", **BLOCK},
+        "lr": 1e-5,
+        "baseline_of": "block",
+    },
+}
+
+LLMTUNE_TYPES = [name for name, c in CONFIGS.items() if c["runner"] == "llmtune"]
+BASELINES = [name for name, c in CONFIGS.items() if c["runner"] in ("trl", "llamafactory")]
+ALL_CONFIGS = [*LLMTUNE_TYPES, "inference", *BASELINES]
+SCALING = ["full", "lora", "block", "zo"]
+
+
+def llama_shape(hidden: int, layers: int) -> dict:
+    """A Llama-shaped config of the given width and depth (SmolLM2's vocabulary, untied head)."""
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 8 // 3 // 64 * 64,
+        "num_hidden_layers": layers,
+        "num_attention_heads": hidden // 64,
+        "num_key_value_heads": max(1, hidden // 256),
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
+    }
+
+
+# name -> model: an llmtune model name, or a random-initialised Llama shape (tokenizer from SmolLM2).
+MODELS: dict[str, dict] = {
+    "tiny": {"name": "llmtune/tiny-llama"},
+    "smollm2": {"name": "llmtune/smollm2-135m"},
+    "llama-S": {"random": llama_shape(256, 4)},
+    "llama-M": {"random": llama_shape(512, 8)},
+    "llama-L": {"random": llama_shape(768, 12)},
+    "llama-1B": {"random": llama_shape(2048, 16)},
+    "llama-3B": {"random": llama_shape(3072, 26)},
+}
+
+# A suite: shared settings and groups; each group runs its ``configs`` on every (model, length) pair.
+# ``dataset`` is a dataset_info name in ``dataset_dir`` (None: llmtune's own data/ folder).
+SUITES: dict[str, dict] = {
+    "smoke": {  # one optimizer step of every configuration on the tiny model: the test that keeps this alive
+        "warmup": 0,
+        "steps": 1,
+        "batch": 2,
+        "bf16": False,
+        "dataset": "demo_alpaca",
+        "groups": [{"models": ["tiny"], "lengths": [32], "configs": [c for c in ALL_CONFIGS if c[:3] != "lf_"]}],
+    },
+    "cpu": {
+        "warmup": 1,
+        "steps": 4,
+        "batch": 4,
+        "bf16": False,
+        "dataset": "alpaca_en_demo",
+        "groups": [
+            {"models": ["tiny"], "lengths": [128], "configs": ALL_CONFIGS},
+            {"models": ["smollm2"], "lengths": [256], "configs": ALL_CONFIGS},
+            {"models": ["llama-S", "llama-M", "llama-L"], "lengths": [256], "configs": SCALING},
+            {"models": ["llama-M"], "lengths": [128, 512], "configs": SCALING},
+        ],
+    },
+    "quality": {  # loss curves of every llmtune finetuning type on SmolLM2, on the same budget
+        "warmup": 0,
+        "steps": 30,
+        "batch": 4,
+        "bf16": False,
+        "dataset": "alpaca_en_demo",
+        "groups": [{"models": ["smollm2"], "lengths": [256], "configs": [c for c in LLMTUNE_TYPES if c != "qlora"]}],
+    },
+    "gpu": {
+        "warmup": 2,
+        "steps": 10,
+        "batch": 8,
+        "bf16": True,
+        "dataset": "alpaca_en_demo",
+        "groups": [
+            {"models": ["smollm2"], "lengths": [512], "configs": ALL_CONFIGS},
+            {"models": ["llama-L", "llama-1B", "llama-3B"], "lengths": [512], "configs": SCALING},
+            {"models": ["llama-1B"], "lengths": [256, 1024], "configs": SCALING},
+        ],
+    },
+}

