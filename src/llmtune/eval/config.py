@@ -11,7 +11,6 @@ template and data folder are taken from it, so nothing has to be restated.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import typing
 from dataclasses import dataclass, field
@@ -72,12 +71,9 @@ class EvalRun:
 
 def eval_owners() -> dict[str, type]:
     """Eval config key -> the dataclass that defines it."""
-    owners: dict[str, type] = {}
-    for cls, keys in ((ModelArguments, None), (DataArguments, EVAL_DATA_KEYS), (EvalArguments, None)):
-        for f in dataclasses.fields(cls):
-            if f.init and (keys is None or f.name in keys):
-                owners.setdefault(f.name, cls)
-    return owners
+    from llmtune.hparams.docs import owners_of
+
+    return owners_of(((ModelArguments, None), (DataArguments, EVAL_DATA_KEYS), (EvalArguments, None)))
 
 
 def gather_compare(tokens: list[str]) -> list[str]:
@@ -232,24 +228,13 @@ def validate_eval(run: EvalRun) -> None:
 
 def eval_options_text() -> str:
     """Plain text for ``llmtune eval --help``: every eval key with its default and help text."""
-    import textwrap
-
-    lines = [
+    header = [
         "usage: llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]",
         "       llmtune eval --task mt_bench --compare RUN_A RUN_B ...",
         "",
         "A training run folder brings its model, adapter, template and cutoff_len. Without a run and without",
         "`template`, MT-bench answers use the tokenizer's own chat_template (never one guessed from the name).",
     ]
-    group = None
-    for name, cls in eval_owners().items():
-        if cls.__name__ != group:
-            group = cls.__name__
-            lines += ["", f"{group}:"]
-        f = next(f for f in dataclasses.fields(cls) if f.name == name)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        lines.append(f"  --{name} (default: {default!r})")
-        text = " ".join(str(f.metadata.get("help", "")).split())
-        if text:
-            lines += textwrap.wrap(text, 96, initial_indent="      ", subsequent_indent="      ")
-    return "\n".join(lines) + "\n"
+    from llmtune.hparams.docs import owners_text
+
+    return owners_text(header, eval_owners())

@@ -6,10 +6,8 @@ Every check here needs no model: a wrong key or value is one line before anythin
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,12 +71,9 @@ class KernelRun:
 
 def kernel_owners() -> dict[str, type]:
     """Kernel config key -> the dataclass that defines it."""
-    owners: dict[str, type] = {}
-    for cls, keys in ((ModelArguments, None), (DataArguments, KERNEL_DATA_KEYS), (KernelArguments, None)):
-        for f in dataclasses.fields(cls):
-            if f.init and (keys is None or f.name in keys):
-                owners.setdefault(f.name, cls)
-    return owners
+    from llmtune.hparams.docs import owners_of
+
+    return owners_of(((ModelArguments, None), (DataArguments, KERNEL_DATA_KEYS), (KernelArguments, None)))
 
 
 def load_kernel_arguments(tokens: list[str]) -> KernelRun:
@@ -169,21 +164,12 @@ def validate_kernel(run: KernelRun) -> None:
 
 def kernel_options_text() -> str:
     """Plain text for ``llmtune kernel --help``: every key with its default and help text."""
-    lines = [
+    header = [
         "usage: llmtune kernel [CONFIG.yaml] --task TASK --model_name_or_path M [--key value ...]",
         "",
         "The eNTK of the label-word logits on a k-shot split, solved as a kernel problem: the accuracy",
         "prompt-based fine-tuning would reach, without training (docs/kernel.md).",
     ]
-    group = None
-    for name, cls in kernel_owners().items():
-        if cls.__name__ != group:
-            group = cls.__name__
-            lines += ["", f"{group}:"]
-        f = next(f for f in dataclasses.fields(cls) if f.name == name)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        lines.append(f"  --{name} (default: {default!r})")
-        text = " ".join(str(f.metadata.get("help", "")).split())
-        if text:
-            lines += textwrap.wrap(text, 96, initial_indent="      ", subsequent_indent="      ")
-    return "\n".join(lines) + "\n"
+    from llmtune.hparams.docs import owners_text
+
+    return owners_text(header, kernel_owners())
