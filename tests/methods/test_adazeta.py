@@ -11,7 +11,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -179,8 +178,9 @@ WORKER = textwrap.dedent(
 
     if __name__ == "__main__":
         rank = int(os.environ["RANK"])
-        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["PORT"], rank=rank, world_size=2)
+        dist.init_process_group("gloo", init_method="file://" + os.environ["STORE"], rank=rank, world_size=2)
         torch.save(train(rank, 2), os.environ["OUT"])
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (an abort otherwise)
         dist.destroy_process_group()
     """
 )
@@ -189,10 +189,8 @@ WORKER = textwrap.dedent(
 def test_two_gloo_processes_give_the_update_of_one_process_evaluating_every_query(tmp_path):
     script = tmp_path / "adazeta_worker.py"
     script.write_text(WORKER)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PORT": str(port), "OMP_NUM_THREADS": "1"}
+    # a file store: no port to pick, so nothing else on the machine can take it between pick and bind
+    env = {**os.environ, "STORE": str(tmp_path / "store"), "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
             [sys.executable, str(script)],
