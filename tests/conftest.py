@@ -41,3 +41,41 @@ def tiny_config(output_dir, finetuning_type: str = "lora", **overrides) -> dict:
 def make_config():
     """``make_config(output_dir, finetuning_type, **overrides)`` -> a tiny training config dict."""
     return tiny_config
+
+
+@pytest.fixture(scope="session")
+def bnb_logits():
+    """``bnb_logits(model, ids)``: eval-mode logits with every bitsandbytes ``Linear4bit`` left in train mode.
+
+    In eval mode on a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for a bfloat16 kernel
+    (unless the input requires a gradient), so two equal models could compute in different precisions.
+    """
+    import torch
+
+    bnb = pytest.importorskip("bitsandbytes")
+
+    def logits(model, ids):
+        model.eval()
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.train()
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    return logits
+
+
+@pytest.fixture(scope="session")
+def llama3_8b_config():
+    """A ``LlamaConfig`` with meta-llama/Meta-Llama-3-8B's shapes (estimates need no download)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    )

@@ -14,19 +14,8 @@ bnb = pytest.importorskip("bitsandbytes")
 BASE = "llmtune/tiny-llama"
 
 
-def logits(model, ids):
-    """Eval-mode logits with every ``Linear4bit`` in train mode: in eval mode on a CPU with AVX512-BF16,
-    bitsandbytes switches to a bfloat16 kernel, which is not what training computed with."""
-    model.eval()
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.train()
-    with torch.no_grad():
-        return model(input_ids=ids).logits
-
-
 @pytest.fixture(scope="module")
-def qlora_adapter(tmp_path_factory):
+def qlora_adapter(tmp_path_factory, bnb_logits):
     """A LoRA adapter with random (non-zero) weights on the 4-bit tiny base, saved as `llmtune train` saves one."""
     from peft import LoraConfig, get_peft_model
 
@@ -41,10 +30,10 @@ def qlora_adapter(tmp_path_factory):
     model.save_pretrained(folder)
     (folder / "training_args.yaml").write_text(yaml.safe_dump({"model_name_or_path": BASE, "quantization_bit": 4}))
     ids = torch.randint(5, 200, (2, 12))
-    return folder, ids, logits(model, ids)
+    return folder, ids, bnb_logits(model, ids)
 
 
-def test_exported_model_computes_what_base_and_adapter_computed(qlora_adapter, tmp_path, capsys):
+def test_exported_model_computes_what_base_and_adapter_computed(qlora_adapter, tmp_path, capsys, bnb_logits):
     from transformers import AutoModelForCausalLM
 
     adapter, ids, expected = qlora_adapter
@@ -55,9 +44,9 @@ def test_exported_model_computes_what_base_and_adapter_computed(qlora_adapter, t
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
     assert getattr(merged.config, "quantization_config", None) is None and merged.dtype == torch.float32
-    assert torch.allclose(logits(merged, ids), expected, atol=1e-4)
+    assert torch.allclose(bnb_logits(merged, ids), expected, atol=1e-4)
     plain = load_model(parse_args({"model_name_or_path": BASE}, for_training=False).model, for_training=False)
-    assert not torch.allclose(logits(plain, ids), expected, atol=1e-2)  # the merge changed the weights
+    assert not torch.allclose(bnb_logits(plain, ids), expected, atol=1e-2)  # the merge changed the weights
 
 
 @pytest.mark.slow

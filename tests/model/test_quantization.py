@@ -22,16 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 QLORA_EXAMPLES = sorted((ROOT / "examples" / "train_qlora").glob("*.yaml"))
 
 
-def logits(model, ids):
-    """The logits in eval mode, but with every ``Linear4bit`` in train mode: in eval mode on a CPU with
-    AVX512-BF16, bitsandbytes repacks the weight for a bfloat16 kernel unless the input requires a
-    gradient, so two equal models could compute in different precisions."""
-    model.eval()
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.train()
-    with torch.no_grad():
-        return model(input_ids=ids).logits
+@pytest.fixture(autouse=True)
+def fresh_bnb_overrides():
+    """bitsandbytes keeps optimizer overrides (the Trainer's 32-bit embeddings) in a process-wide manager
+    keyed by parameter id and position; an earlier training in the same pytest process would leak them
+    into these tests (one process trains once in real use)."""
+    bnb.optim.GlobalOptimManager.get_instance().initialize()
 
 
 # -- QLoRA on the tiny model: one short run shared by the assertions (slow: 15-40 s here) -----------
@@ -92,15 +88,15 @@ def test_qlora_loss_falls(qlora_run):
 
 
 @pytest.mark.slow
-def test_qlora_adapter_reloads_to_the_same_logits(qlora_run):
+def test_qlora_adapter_reloads_to_the_same_logits(qlora_run, bnb_logits):
     from peft import PeftModel
 
     args, result = qlora_run
     ids = torch.randint(5, 200, (2, 10))
     reloaded = PeftModel.from_pretrained(load_model(args.model, for_training=False), str(result.output_dir))
-    assert torch.allclose(logits(result.model, ids), logits(reloaded, ids), atol=1e-5)
+    assert torch.allclose(bnb_logits(result.model, ids), bnb_logits(reloaded, ids), atol=1e-5)
     plain = load_model(args.model, for_training=False)  # the adapter changes the output
-    assert not torch.allclose(logits(plain, ids), logits(reloaded, ids), atol=1e-3)
+    assert not torch.allclose(bnb_logits(plain, ids), bnb_logits(reloaded, ids), atol=1e-3)
 
 
 @pytest.mark.slow
@@ -260,24 +256,14 @@ def test_every_qlora_example_quantises_or_uses_an_8bit_optimizer(monkeypatch, tm
 # -- the estimate ------------------------------------------------------------------------------
 
 
-def test_llama3_8b_qlora_estimate_matches_hand_figures():
-    from transformers import LlamaConfig
+def test_llama3_8b_qlora_estimate_matches_hand_figures(llama3_8b_config):
 
-    llama3_8b = LlamaConfig(  # meta-llama/Meta-Llama-3-8B's shapes
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        tie_word_embeddings=False,
-    )
     args = parse_args(
         {"model_name_or_path": "llmtune/tiny-llama", "quantization_bit": 4, "lora_target": "all", "lora_rank": 8},
         for_training=False,
     )
     args.training.bf16 = True  # as on a GPU
-    estimate = estimate_memory(args, llama3_8b)
+    estimate = estimate_memory(args, llama3_8b_config)
     h, i, kv, layers, vocab = 4096, 14336, 1024, 32, 128256
     linear = layers * (2 * h * h + 2 * h * kv + 3 * h * i)  # q, o; k, v; gate, up, down
     assert linear == 6_979_321_856
@@ -292,7 +278,7 @@ def test_llama3_8b_qlora_estimate_matches_hand_figures():
     assert estimate.trainable == lora and estimate.weight_dtype == "4-bit nf4 and bfloat16 and float32"
 
     args.training.optim = "paged_adamw_8bit"
-    eight_bit = estimate_memory(args, llama3_8b)
+    eight_bit = estimate_memory(args, llama3_8b_config)
     # Every LoRA matrix has over 4096 values (and a multiple of 256): 2 bytes a value, 2 fp32 absmax per 256.
     assert eight_bit.optimizer == 2 * lora + 2 * 4 * lora // 256
     assert adam_8bit_state_bytes(1000) == 8 * 1000  # under bitsandbytes' min_8bit_size: fp32 moments
@@ -301,7 +287,7 @@ def test_llama3_8b_qlora_estimate_matches_hand_figures():
     block = parse_args({"model_name_or_path": "llmtune/tiny-llama", "finetuning_type": "block"}, for_training=False)
     block.training.bf16, block.training.optim = True, "adamw_8bit"
     layer = 218_112_000
-    assert estimate_memory(block, llama3_8b).optimizer == 8 * layer + 2 * layer + 2 * 4 * layer // 256
+    assert estimate_memory(block, llama3_8b_config).optimizer == 8 * layer + 2 * layer + 2 * 4 * layer // 256
 
 
 def test_estimate_cli_leaves_out_the_types_quantisation_refuses(capsys):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig
 
 from llmtune.cli import main
 from llmtune.hparams import parse_args
@@ -17,15 +16,6 @@ from llmtune.model import load_model
 from llmtune.train.estimate import activation_bytes, estimate_memory
 
 ROOT = Path(__file__).resolve().parents[2]
-LLAMA3_8B = LlamaConfig(  # the shapes of meta-llama/Meta-Llama-3-8B, so no download is needed
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=128256,
-    tie_word_embeddings=False,
-)
 
 
 def llama3_args(finetuning_type: str, **overrides):
@@ -35,8 +25,8 @@ def llama3_args(finetuning_type: str, **overrides):
     return args
 
 
-def test_llama3_8b_block_matches_badams_memory_formula():
-    block = estimate_memory(llama3_args("block"), LLAMA3_8B)
+def test_llama3_8b_block_matches_badams_memory_formula(llama3_8b_config):
+    block = estimate_memory(llama3_args("block"), llama3_8b_config)
     params, blocks = 8_030_261_248, 32
     assert block.parameters == params and block.weight_dtype == "bfloat16"
     layer = 218_112_000  # one Llama-3-8B layer
@@ -46,18 +36,18 @@ def test_llama3_8b_block_matches_badams_memory_formula():
     states = block.weights + block.gradients + block.optimizer
     assert states == pytest.approx(2 * params + 16 * params / blocks, rel=0.02)
 
-    full = estimate_memory(llama3_args("full"), LLAMA3_8B)
+    full = estimate_memory(llama3_args("full"), llama3_8b_config)
     assert full.weights + full.gradients + full.optimizer == 16 * params  # fp32 weights, gradients, AdamW
-    sparse = estimate_memory(llama3_args("sparse", badam_update_ratio=0.05), LLAMA3_8B)
+    sparse = estimate_memory(llama3_args("sparse", badam_update_ratio=0.05), llama3_8b_config)
     assert block.activations == sparse.activations == full.activations  # the lowest block backpropagates all layers
     assert block.total < sparse.total and sparse.total - sparse.activations < (full.total - full.activations) / 5
 
 
-def test_activations_shrink_with_checkpointing_and_grow_with_tokens():
-    plain = activation_bytes(LLAMA3_8B, 2, 1024, checkpointing=False, value_bytes=2)
-    checkpointed = activation_bytes(LLAMA3_8B, 2, 1024, checkpointing=True, value_bytes=2)
+def test_activations_shrink_with_checkpointing_and_grow_with_tokens(llama3_8b_config):
+    plain = activation_bytes(llama3_8b_config, 2, 1024, checkpointing=False, value_bytes=2)
+    checkpointed = activation_bytes(llama3_8b_config, 2, 1024, checkpointing=True, value_bytes=2)
     assert checkpointed < plain / 3
-    assert activation_bytes(LLAMA3_8B, 4, 1024, checkpointing=True, value_bytes=2) == 2 * checkpointed
+    assert activation_bytes(llama3_8b_config, 4, 1024, checkpointing=True, value_bytes=2) == 2 * checkpointed
 
 
 def test_the_block_estimate_equals_what_the_optimizer_holds(make_config, tmp_path):
