@@ -44,6 +44,9 @@ def _setup_logging() -> None:
     logging.basicConfig(format="[llmtune] %(message)s", level=getattr(logging, level, logging.INFO))
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns on import, in every CPU run, that an optional hub kernel for 4-bit matmuls is
+    # missing; it falls back to its own kernel, and a run without quantisation never uses either.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def cmd_env() -> int:
