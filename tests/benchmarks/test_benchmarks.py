@@ -88,7 +88,10 @@ def test_every_configuration_runs_one_measured_step(smoke_results):
         assert result["steps"] == 1, name
         assert math.isfinite(result["final_loss"]), name
         assert result["step_seconds"] > 0 and result["tokens_per_second"] > 0, name
-        assert result["peak_train_bytes"] >= result["baseline_bytes"] > 0, name
+        # In one process a step's resident peak can sit below the RSS at the start (freed pages of
+        # an earlier run go back to the OS); the whole run's peak cannot.
+        assert result["peak_process_bytes"] >= result["baseline_bytes"] > 0, name
+        assert result["peak_process_bytes"] >= result["peak_train_bytes"] > 0, name
         assert 0 < result["trainable"] <= result["parameters"], name
 
 
