@@ -31,7 +31,27 @@ def llmtune_run(job: dict, measure: Measure) -> None:
         measure.extra["estimate_model_states_bytes"] = estimate.weights + estimate.gradients + estimate.optimizer
     except LlmtuneError:
         pass
-    run_sft(args, callbacks=[measure])
+    result = run_sft(args, callbacks=[measure])
+    if job.get("task"):
+        measure.extra["task_metrics"] = task_metrics(str(result.output_dir), job["task"])
+
+
+def task_metrics(model: str, task: str) -> dict:
+    """``llmtune eval`` of ``model`` (a model folder or a training run's folder) on ``task``: its metrics."""
+    import tempfile
+
+    from llmtune.eval.config import parse_eval_args
+    from llmtune.eval.run import run_eval
+
+    with tempfile.TemporaryDirectory() as out:
+        run = parse_eval_args({"model_name_or_path": model, "task": task, "output_dir": out})
+        [result] = run_eval(run, say=lambda _: None)
+    return result["metrics"]
+
+
+def zero_shot_run(job: dict, measure: Measure) -> None:
+    """No training: the base model's metrics on the job's task (the "before" of the quality table)."""
+    measure.extra["task_metrics"] = task_metrics(job["model_path"], job["task"])
 
 
 def _prepared(job: dict):
@@ -134,7 +154,7 @@ def inference_run(job: dict, measure: Measure) -> None:
             measure.time_step(lambda: model(**batch, labels=batch["input_ids"]).loss, tokens)
 
 
-RUNNERS = {"llmtune": llmtune_run, "trl": trl_run, "inference": inference_run}
+RUNNERS = {"llmtune": llmtune_run, "trl": trl_run, "inference": inference_run, "zero_shot": zero_shot_run}
 
 
 def main(job_path: str, result_path: str) -> None:

@@ -39,6 +39,7 @@ CONFIGS: dict[str, dict] = {
         "lr": 1e-4,
     },
     "inference": {"runner": "inference", "options": {"finetuning_type": "full"}, "lr": 0.0},
+    "zero_shot": {"runner": "zero_shot", "options": {"finetuning_type": "full"}, "lr": 0.0},  # a task's "before"
     "trl_full": {"runner": "trl", "options": {"finetuning_type": "full"}, "lr": 1e-5, "baseline_of": "full"},
     "trl_lora": {"runner": "trl", "options": {"finetuning_type": "lora", **LORA}, "lr": 1e-4, "baseline_of": "lora"},
     "badam_block": {
@@ -75,6 +76,7 @@ LLMTUNE_TYPES = [name for name, c in CONFIGS.items() if c["runner"] == "llmtune"
 BASELINES = [name for name, c in CONFIGS.items() if c["runner"] in ("trl", "llamafactory")]
 ALL_CONFIGS = [*LLMTUNE_TYPES, "inference", *BASELINES]
 SCALING = ["full", "lora", "block", "zo"]
+QUALITY = [c for c in LLMTUNE_TYPES if c != "qlora"]  # every finetuning type, on the same budget
 
 
 def llama_shape(hidden: int, layers: int) -> dict:
@@ -102,7 +104,10 @@ MODELS: dict[str, dict] = {
 }
 
 # A suite: shared settings and groups; each group runs its ``configs`` on every (model, length) pair.
-# ``dataset`` is a dataset_info name in ``dataset_dir`` (None: llmtune's own data/ folder).
+# ``dataset`` is a dataset_info name in ``dataset_dir`` (None: llmtune's own data/ folder);
+# ``fill_rows``: every row is made longer than ``cutoff_len`` (``run.filled_rows``), so every batch is
+# batch x cutoff_len tokens on every runner. A group's ``task`` trains on that choice task as
+# classification instead, and scores the trained model on its eval split afterwards.
 SUITES: dict[str, dict] = {
     "smoke": {  # one optimizer step of every configuration on the tiny model: the test that keeps this alive
         "warmup": 0,
@@ -118,6 +123,7 @@ SUITES: dict[str, dict] = {
         "batch": 4,
         "bf16": False,
         "dataset": "alpaca_en_demo",
+        "fill_rows": True,
         "groups": [
             {"models": ["tiny"], "lengths": [128], "configs": ALL_CONFIGS},
             {"models": ["smollm2"], "lengths": [256], "configs": ALL_CONFIGS},
@@ -131,7 +137,10 @@ SUITES: dict[str, dict] = {
         "batch": 4,
         "bf16": False,
         "dataset": "alpaca_en_demo",
-        "groups": [{"models": ["smollm2"], "lengths": [256], "configs": [c for c in LLMTUNE_TYPES if c != "qlora"]}],
+        "groups": [
+            {"models": ["smollm2"], "lengths": [256], "configs": QUALITY},
+            {"models": ["smollm2"], "lengths": [128], "configs": ["zero_shot", *QUALITY], "task": "demo_rte"},
+        ],
     },
     "gpu": {
         "warmup": 2,
@@ -139,6 +148,7 @@ SUITES: dict[str, dict] = {
         "batch": 8,
         "bf16": True,
         "dataset": "alpaca_en_demo",
+        "fill_rows": True,
         "groups": [
             {"models": ["smollm2"], "lengths": [512], "configs": ALL_CONFIGS},
             {"models": ["llama-L", "llama-1B", "llama-3B"], "lengths": [512], "configs": SCALING},

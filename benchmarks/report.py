@@ -50,7 +50,7 @@ def load(out: Path) -> tuple[dict, list[dict]]:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     latest = {}
     for row in rows:  # a configuration run again replaces its earlier result
-        latest[(row["model"], row["cutoff_len"], row["config"])] = row
+        latest[(row["model"], row["cutoff_len"], row.get("task"), row["config"])] = row
     return header, list(latest.values())
 
 
@@ -78,6 +78,27 @@ def group_table(rows: list[dict]) -> list[str]:
             f"| {row['config']} | {runner} | {row['trainable']:,} | {_mib(row['peak_rise_bytes'])} | "
             f"{_mib(row['peak_process_bytes'])} | {_num(row['step_seconds'], '.3f')} | "
             f"{_num(row['tokens_per_second'], ',.0f')} | {_num(row['final_loss'], '.4f')} |"
+        )
+    return lines
+
+
+def task_table(rows: list[dict]) -> list[str]:
+    """A task group: every configuration's metrics on the task's eval split after training (or none)."""
+    metrics = sorted({m for r in rows for m in r.get("task_metrics", {})})
+    lines = [
+        "| configuration | trainable params | " + " | ".join(metrics) + " | loss after last step | s/step |",
+        "|---|---:|" + "---:|" * (len(metrics) + 2),
+    ]
+    for row in rows:
+        if "error" in row:
+            error = row["error"].replace("|", "/").replace("\n", " ")
+            lines.append(f"| {row['config']} | {error} |" + "|" * (len(metrics) + 2))
+            continue
+        scores = " | ".join(_num(row.get("task_metrics", {}).get(m), ".4f") for m in metrics)
+        trainable = f"{row['trainable']:,}" if row.get("trainable") else "0 (no training)"
+        lines.append(
+            f"| {row['config']} | {trainable} | {scores} | {_num(row.get('final_loss'), '.4f')} | "
+            f"{_num(row.get('step_seconds'), '.3f')} |"
         )
     return lines
 
@@ -151,7 +172,11 @@ def plot_losses(rows: list[dict], out: Path, model: str = "smollm2") -> Path | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [r for r in rows if r["model"] == model and "error" not in r and len(r.get("losses", [])) > 1]
+    curves = [
+        r
+        for r in rows
+        if r["model"] == model and "error" not in r and not r.get("task") and len(r.get("losses", [])) > 1
+    ]
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(9, 5))
@@ -201,8 +226,12 @@ def write_report(out: Path) -> Path:
     ]
     groups = defaultdict(list)
     for row in rows:
-        groups[(row["model"], row["cutoff_len"])].append(row)
-    for (model, length), group in groups.items():
+        groups[(row["model"], row["cutoff_len"], row.get("task"))].append(row)
+    for (model, length, task), group in groups.items():
+        if task:
+            title = f"## {model}: trained as classification on `{task}`, cutoff_len {length}, batch {group[0]['batch']}"
+            lines += [title, "", *task_table(group), ""]
+            continue
         if "random" in MODELS[model] and len(group) <= 4:
             continue  # scaling runs: in the scaling table
         lines += [f"## {model}, cutoff_len {length}, batch {group[0]['batch']}", "", *group_table(group), ""]

@@ -65,16 +65,60 @@ def data_source(dataset: str, dataset_dir: str | None) -> tuple[str, str]:
     return "demo_alpaca", str(REPO / "data")
 
 
-def job_config(name: str, model: str, length: int, suite: dict, dataset: tuple[str, str], out: Path) -> dict:
-    """The llmtune config of one run: the configuration's options on the group's shared settings."""
+FILLED = "bench_filled"  # the dataset_info name of the rows :func:`filled_rows` writes
+
+
+def filled_rows(dataset: tuple[str, str], model: str, length: int, count: int, folder: Path) -> tuple[str, str]:
+    """A copy of an alpaca-format dataset whose every row is longer than ``length`` tokens.
+
+    Row ``i`` keeps row ``i``'s instruction and input, and its output is the outputs of rows ``i``,
+    ``i + 1``, ... joined until the row has at least ``length + 16`` tokens, so ``cutoff_len: length``
+    cuts every row to exactly ``length`` tokens on every runner: batches hold the same number of tokens
+    whatever each framework's template and truncation rules are, and a longer ``cutoff_len`` costs what
+    it should. Returns ``(dataset, dataset_dir)`` for the run's config.
+    """
+    from transformers import AutoTokenizer
+
+    info = json.loads((Path(dataset[1]) / "dataset_info.json").read_text())[dataset[0]]
+    source = json.loads((Path(dataset[1]) / info["file_name"]).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def size(row: dict) -> int:
+        return len(tokenizer(row["instruction"] + row.get("input", "") + row["output"])["input_ids"])
+
+    rows = []
+    for i in range(count):
+        row = {key: source[i % len(source)].get(key, "") for key in ("instruction", "input", "output")}
+        j = i + 1
+        while size(row) < length + 16:
+            row["output"] += "\n\n" + source[j % len(source)]["output"]
+            j += 1
+        rows.append(row)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rows.json").write_text(json.dumps(rows, ensure_ascii=False))
+    (folder / "dataset_info.json").write_text(json.dumps({FILLED: {"file_name": "rows.json"}}))
+    return FILLED, str(folder)
+
+
+def job_config(
+    name: str, model: str, length: int, suite: dict, dataset: tuple[str, str] | None, out: Path, task: str | None = None
+) -> dict:
+    """The llmtune config of one run: the configuration's options on the group's shared settings.
+
+    With ``task`` (a choice task of llmtune's data/tasks.json) the run trains on that task as
+    classification (``train_as_classification``) instead of the suite's dataset.
+    """
     config = CONFIGS[name]
     steps = suite["warmup"] + suite["steps"]
+    if task:
+        data = {"dataset": task, "dataset_dir": str(REPO / "data"), "train_as_classification": True}
+    else:
+        data = {"dataset": dataset[0], "dataset_dir": dataset[1]}
     return {
         "model_name_or_path": model,
         "stage": "sft",
         **config["options"],
-        "dataset": dataset[0],
-        "dataset_dir": dataset[1],
+        **data,
         "template": "default",
         "cutoff_len": length,
         "max_samples": max(64, suite["batch"] * steps),
@@ -112,9 +156,13 @@ def unavailable(name: str) -> str | None:
     return None
 
 
-def run_one(name: str, model: str, length: int, suite: dict, dataset, work: Path, timeout: float) -> dict:
+def run_one(
+    name: str, model: str, length: int, suite: dict, dataset, work: Path, timeout: float, task: str | None = None
+) -> dict:
     """Run one configuration in a fresh process; the measurements, or ``error`` saying why there are none."""
     record = {"config": name, "model": model, "cutoff_len": length, "batch": suite["batch"]}
+    if task:
+        record["task"] = task
     reason = unavailable(name)
     if reason:
         return {**record, "error": reason}
@@ -127,7 +175,8 @@ def run_one(name: str, model: str, length: int, suite: dict, dataset, work: Path
         "name": name,
         "model_path": path,
         "warmup": suite["warmup"],
-        "config": job_config(name, path, length, suite, dataset, run_dir / "out"),
+        "task": task,
+        "config": job_config(name, path, length, suite, dataset, run_dir / "out", task),
     }
     job_path, result_path = run_dir / "job.json", run_dir / "result.json"
     job_path.write_text(json.dumps(job))
@@ -189,7 +238,7 @@ def _installed(package: str) -> bool:
 
 
 def jobs(suite: dict, only: list[str] | None, models: list[str] | None):
-    """``(config, model, length)`` of every run of the suite, in order, filtered by ``--only``/``--models``."""
+    """``(config, model, length, task)`` of every run of the suite, in order, filtered by ``--only``/``--models``."""
     for group in suite["groups"]:
         for model in group["models"]:
             if models and model not in models:
@@ -197,7 +246,7 @@ def jobs(suite: dict, only: list[str] | None, models: list[str] | None):
             for length in group["lengths"]:
                 for name in group["configs"]:
                     if not only or name in only:
-                        yield name, model, length
+                        yield name, model, length, group.get("task")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,8 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     results_path = out / "results.jsonl"
     only = args.only.split(",") if args.only else None
     models = args.models.split(",") if args.models else None
-    for name, model, length in jobs(suite, only, models):
-        result = run_one(name, model, length, suite, dataset, work, args.timeout)
+    filled: dict = {}
+    for name, model, length, task in jobs(suite, only, models):
+        rows = dataset
+        if suite.get("fill_rows") and not task:
+            if (model, length) not in filled:
+                count = max(64, suite["batch"] * (suite["warmup"] + suite["steps"]))
+                folder = work / f"data-{model}-{length}"
+                try:
+                    filled[model, length] = filled_rows(dataset, model_path(model), length, count, folder)
+                except Exception as error:  # noqa: BLE001 - the run records why its model is missing
+                    print(f"{model}: rows not filled ({error})", file=sys.stderr)
+                    filled[model, length] = dataset
+            rows = filled[model, length]
+        result = run_one(name, model, length, suite, rows, work, args.timeout, task)
         with results_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(result) + "\n")
         shown = result.get("error") or f"{result.get('step_seconds')} s/step, loss {result.get('final_loss')}"

@@ -123,3 +123,47 @@ def test_report_has_a_row_and_a_target_line_per_configuration(smoke_results, tmp
         assert f"| {name} |" in text
     assert "llmtune / TRL step time (`full` / `trl_full`)" in text
     assert "zo peak / inference peak" in text
+
+
+def test_filled_rows_make_every_batch_cutoff_len_tokens(tmp_path):
+    """``fill_rows``: every row is cut to exactly cutoff_len tokens, so batches are equal on every runner."""
+    from llmtune.data import get_dataset
+    from llmtune.hparams import parse_args
+    from llmtune.model import load_tokenizer
+
+    model = bench_run.model_path("tiny")
+    dataset = bench_run.filled_rows(("demo_alpaca", str(ROOT / "data")), model, 48, 10, tmp_path / "rows")
+    config = bench_run.job_config("full", model, 48, SMOKE, dataset, tmp_path / "out")
+    args = parse_args(config)
+    prepared = get_dataset(args.data, load_tokenizer(args.model), seed=0)
+    lengths = [len(row["input_ids"]) for row in prepared.train]
+    assert len(lengths) == 10 and set(lengths) == {48}
+    # the same rows at a shorter cutoff are cut shorter: the length is the cutoff's, not the data's
+    short = get_dataset(parse_args({**config, "cutoff_len": 24}).data, load_tokenizer(args.model), seed=0)
+    assert {len(row["input_ids"]) for row in short.train} == {24}
+
+
+def test_a_task_group_trains_as_classification_and_scores_after(tmp_path):
+    """The quality suite's task group: the base model's score, and a trained model's score on the eval split."""
+    results = {}
+    for name in ("zero_shot", "lora"):
+        job = {**_job(name, tmp_path), "task": "demo_sst2"}
+        job["config"] = bench_run.job_config(name, job["model_path"], 64, SMOKE, None, tmp_path / name, "demo_sst2")
+        assert job["config"]["train_as_classification"] and job["config"]["dataset"] == "demo_sst2"
+        measure = Measure(warmup=0)
+        RUNNERS[CONFIGS[name]["runner"]](job, measure)
+        results[name] = measure.result()
+    for result in results.values():
+        assert 0.0 <= result["task_metrics"]["accuracy"] <= 1.0
+    assert results["zero_shot"]["steps"] == 0 and results["lora"]["steps"] == 1
+    report_dir = tmp_path / "report"
+    report_dir.mkdir()
+    header = {"suite": "quality", "date": "d", "platform": "p", "cpus": 2, "gpu": None, "load_average": 0.0}
+    (report_dir / "machine.json").write_text(json.dumps({**header, "versions": {}, "settings": {}, "dataset": "x"}))
+    rows = [
+        {"config": n, "model": "tiny", "cutoff_len": 64, "batch": 2, "task": "demo_sst2", **r}
+        for n, r in results.items()
+    ]
+    (report_dir / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = write_report(report_dir).read_text()
+    assert "trained as classification on `demo_sst2`" in text and "| zero_shot | 0 (no training) |" in text
