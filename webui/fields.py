@@ -193,9 +193,16 @@ def task_names(dataset_dir: str = "data") -> list[str]:
 
 
 def presets(root: Path | None = None) -> dict[str, Path]:
-    """The shipped training examples (``examples/train_*/*.yaml``) by ``folder/name``: the presets."""
-    root = root or repo_root()
-    found = sorted((root / "examples").glob("train_*/*.yaml"))
+    """The shipped training examples (``examples/train_*/*.yaml``) by ``folder/name``: the presets.
+
+    From a source checkout, its ``examples/``; from an installed wheel, the copy inside ``llmtune``.
+    """
+    folder = (root or repo_root()) / "examples"
+    if root is None and not folder.is_dir():
+        import llmtune
+
+        folder = Path(llmtune.__file__).parent / "_examples"
+    found = sorted(folder.glob("train_*/*.yaml"))
     return {f"{p.parent.name}/{p.stem}": p for p in found}
 
 

@@ -6,7 +6,7 @@ llmtune estimate CONFIG.yaml [--key value ...]  GPU memory the run needs, load n
 llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]  score tasks (sst2, ...) or MT-bench with a judge
 llmtune kernel [CONFIG.yaml] [--key value ...]  eNTK of prompt-based fine-tuning on a k-shot split
 llmtune export --model_name_or_path BASE --adapter_name_or_path ADAPTER --export_dir DIR  merge a LoRA adapter
-llmtune webui [--host 127.0.0.1] [--port 7860] [--share]   the Gradio app (a source checkout's webui/)
+llmtune webui [--host 127.0.0.1] [--port 7860] [--share]   the Gradio app (webui/)
 llmtune chat [CONFIG.yaml] --model_name_or_path M [--adapter_name_or_path A]  talk to a model in the terminal
 llmtune env | version
 """
@@ -178,7 +178,7 @@ def cmd_train(tokens: list[str]) -> int:
 
 
 def _import_webui():
-    """The ``webui`` package: the one next to ``src/`` in a source checkout, else an installed one."""
+    """The ``webui`` package: the one next to ``src/`` in a source checkout, else the wheel's."""
     import importlib
     from pathlib import Path
 
@@ -196,7 +196,7 @@ def _import_webui():
         return importlib.import_module("webui")
     except ImportError:
         raise ConfigError(
-            f"no webui package next to {root / 'src'}: run llmtune webui from a source checkout (pip install -e .)"
+            f"no webui package next to {root / 'src'} or installed: reinstall llmtune (pip install 'llmtune[webui]')"
         ) from None
 
 
