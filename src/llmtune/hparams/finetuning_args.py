@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 STAGES = ("sft",)
+LM_HEAD_LOSSES = ("auto", "fused", "logits")
 # Stages LLaMA-Factory offers that llmtune does not (yet): named so the error can say so.
 FOREIGN_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
 
@@ -31,6 +32,17 @@ class FinetuningArguments:
     )
     plot_loss: bool = field(
         default=False, metadata={"help": "Write training_loss.png (and eval_loss.png) into output_dir."}
+    )
+    lm_head_loss: str = field(
+        default="auto",
+        metadata={
+            "help": "How the SFT loss is computed. fused: TRL's fused LM head (the head in tiles, no full "
+            "logits: less memory; with Triton on a GPU only the labelled positions). logits: the model's own "
+            "forward and cross-entropy over the full logits, as transformers' Trainer and LLaMA-Factory do "
+            "(logs mean_token_accuracy, not entropy). auto: fused where Triton runs it, logits elsewhere "
+            "(on a CPU TRL's tiles score every position and recompute the head in the backward pass: "
+            "18% slower per step on SmolLM2, see docs/benchmarks.md)."
+        },
     )
     stop_on_nan: bool = field(
         default=True,

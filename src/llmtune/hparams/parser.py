@@ -19,7 +19,7 @@ import yaml
 
 from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, suggest
 from llmtune.hparams.data_args import DataArguments
-from llmtune.hparams.finetuning_args import FOREIGN_STAGES, STAGES, FinetuningArguments
+from llmtune.hparams.finetuning_args import FOREIGN_STAGES, LM_HEAD_LOSSES, STAGES, FinetuningArguments
 from llmtune.hparams.model_args import ModelArguments
 
 # Keys whose values must never be written to disk or logs (hub_token, judge_api_key, ...).
@@ -393,6 +393,8 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
     _positive("logging_steps", train.logging_steps)
     _positive("save_steps", train.save_steps)
     _positive("weight_decay", train.weight_decay, allow_zero=True)
+    if ft.lm_head_loss not in LM_HEAD_LOSSES:
+        raise one_of("lm_head_loss", ft.lm_head_loss, LM_HEAD_LOSSES)
     if data.neat_packing and args.finetuning.train_as_classification:
         raise ConfigError(
             "packing: not available with train_as_classification (its batches are answer options, not rows); "

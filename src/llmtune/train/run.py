@@ -174,6 +174,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
         callbacks=[JsonlLogCallback(out), stop, *(callbacks or [])],
         finetuning_type=method.name,
         stop_on_nan=args.finetuning.stop_on_nan,
+        lm_head_loss=args.finetuning.lm_head_loss,
         **extra,
     )
     with stop.installed():

@@ -7,7 +7,8 @@ It overrides four hooks and nothing else:
 * ``save_model`` verifies every weight file it writes;
 * ``training_step`` stops the run on a NaN/inf loss before the bad gradient reaches the weights;
 * ``compute_loss`` scores classification batches (``train_as_classification``, see
-  :mod:`llmtune.train.classification`) by cross-entropy over the options.
+  :mod:`llmtune.train.classification`) by cross-entropy over the options, and computes the SFT loss
+  either with TRL's fused LM head or from the model's full logits (``lm_head_loss``).
 
 Method trainers (BAdam, ZO, ...) subclass this one.
 """
@@ -34,8 +35,16 @@ logger = logging.getLogger("llmtune")
 class LlmtuneTrainer(SFTTrainer):
     """SFTTrainer with atomic, verified checkpoints and a non-finite-loss guard."""
 
-    def __init__(self, *args, finetuning_type: str = "full", stop_on_nan: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        finetuning_type: str = "full",
+        stop_on_nan: bool = True,
+        lm_head_loss: str = "auto",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        self.lm_head_loss = resolve_lm_head_loss(lm_head_loss, self.args.device)
         if getattr(self.model, "is_loaded_in_4bit", False) or getattr(self.model, "is_loaded_in_8bit", False):
             # TRL casts the trainable parameters of a quantised (QLoRA) model to bfloat16; train them in
             # float32 instead, as PEFT and LLaMA-Factory do, so that Adam's small updates are not rounded away.
@@ -49,10 +58,36 @@ class LlmtuneTrainer(SFTTrainer):
     # -- classification batches (train_as_classification) ------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Cross-entropy over the options for classification batches, else SFTTrainer's loss."""
+        """Cross-entropy over the options for classification batches, else the SFT loss (``lm_head_loss``)."""
         if is_classification_batch(inputs):
             return compute_classification_loss(self, model, inputs, return_outputs)
+        if self.lm_head_loss == "logits":
+            return self._logits_loss(model, inputs, return_outputs, num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _logits_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        """The model's own loss over its full logits (transformers' ``Trainer.compute_loss``), normalised
+        like TRL's (by ``num_items_in_batch``), with TRL's token-accuracy and token-count metrics."""
+        from transformers import Trainer
+
+        inputs = {**inputs, "use_cache": False}
+        loss, outputs = Trainer.compute_loss(self, model, inputs, True, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        with torch.no_grad():
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
+            correct = ((outputs.logits[:, :-1].argmax(-1) == labels) & mask).sum()
+            valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
+            correct = self.accelerator.gather_for_metrics(correct).sum()
+        self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                tokens = inputs["attention_mask"].sum()
+            else:  # padding-free rows (packing): one row of real tokens
+                tokens = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+            self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return (loss, outputs) if return_outputs else loss
 
     # -- numerical health ------------------------------------------------------------------------
 
@@ -126,6 +161,23 @@ class LlmtuneTrainer(SFTTrainer):
             shutil.rmtree(ckpt.staging_root(out), ignore_errors=True)
         _barrier()
         return out
+
+
+def resolve_lm_head_loss(choice: str, device: torch.device) -> str:
+    """``fused`` or ``logits`` for ``lm_head_loss: auto|fused|logits`` on ``device``.
+
+    ``auto`` keeps TRL's fused LM head where its Triton kernel runs (it then scores only the labelled
+    positions); elsewhere TRL folds every position's tiles in torch and recomputes the head in the
+    backward pass, slower than the model's own loss (measured: docs/benchmarks.md), so ``logits``.
+    """
+    if choice != "auto":
+        return choice
+    try:
+        from trl.kernels.chunked_logprob import _use_triton
+
+        return "fused" if _use_triton(device) else "logits"
+    except ImportError:  # a TRL without that module: Triton runs on CUDA devices
+        return "fused" if device.type == "cuda" else "logits"
 
 
 class _OverflowLogger(TrainerCallback):
