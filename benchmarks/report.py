@@ -177,16 +177,23 @@ def plot_losses(rows: list[dict], out: Path, model: str = "smollm2") -> Path | N
         for r in rows
         if r["model"] == model and "error" not in r and not r.get("task") and len(r.get("losses", [])) > 1
     ]
+    curves = [r for r in curves if CONFIGS[r["config"]]["runner"] != "inference"]
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, (ax, rel) = plt.subplots(1, 2, figsize=(14, 5))
     for r in curves:
-        if CONFIGS[r["config"]]["runner"] == "inference":
-            continue
         ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=r["config"])
     ax.set(xlabel="step", ylabel="training loss", title=f"{model}: training loss by configuration")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    # Every configuration sees the same batches, whose difficulty moves every curve together; the loss
+    # minus the mean of all configurations at that step shows which learns faster (lower is better).
+    steps = min(len(r["losses"]) for r in curves)
+    mean = [sum(r["losses"][i] for r in curves) / len(curves) for i in range(steps)]
+    for r in curves:
+        rel.plot(range(1, steps + 1), [r["losses"][i] - mean[i] for i in range(steps)], label=r["config"])
+    rel.set(xlabel="step", ylabel="loss - mean over configurations", title="the same, relative (same batches)")
+    for axis in (ax, rel):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     path = out / f"loss_curves_{model}.png"
     fig.savefig(path, dpi=90)

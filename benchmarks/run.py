@@ -82,6 +82,7 @@ def filled_rows(dataset: tuple[str, str], model: str, length: int, count: int, f
     info = json.loads((Path(dataset[1]) / "dataset_info.json").read_text())[dataset[0]]
     source = json.loads((Path(dataset[1]) / info["file_name"]).read_text())
     tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.model_max_length = 10**9  # rows are measured here, not fed to the model: no length warning
 
     def size(row: dict) -> int:
         return len(tokenizer(row["instruction"] + row.get("input", "") + row["output"])["input_ids"])
