@@ -110,7 +110,7 @@ def target_lines(rows: list[dict]) -> list[str]:
         if top in by_name and bottom in by_name and by_name[bottom].get(metric):
             ratio = by_name[top][metric] / by_name[bottom][metric]
             lines.append(
-                f"| {what} (`{top}` / `{bottom}`) | {ratio:.2f} | {limit} | {'met' if ratio <= limit else 'missed'} |"
+                f"| {what} (`{top}` / `{bottom}`) | {ratio:.3f} | {limit} | {'met' if ratio <= limit else 'missed'} |"
             )
     block = by_name.get("block")
     if block and block.get("estimate_bytes"):

@@ -2,7 +2,7 @@
 
     python -m benchmarks.run --suite cpu                      # the CPU suite (docs/benchmarks.md)
     python -m benchmarks.run --suite gpu                      # bf16, larger models, on one CUDA GPU
-    python -m benchmarks.run --suite quality                  # loss curves of every type on SmolLM2
+    python -m benchmarks.run --suite quality                  # every type on SmolLM2: loss curves, task accuracy
     python -m benchmarks.run --suite smoke                    # one step of each configuration (the test)
     python -m benchmarks.run --suite cpu --only full,lora,trl_full --models tiny
 
