@@ -17,6 +17,8 @@ RATIO = {"badam_update_ratio": 0.05, "badam_switch_interval": 50}
 # rate of that configuration (a row and its baselines use the same).
 CONFIGS: dict[str, dict] = {
     "full": {"runner": "llmtune", "options": {"finetuning_type": "full"}, "lr": 1e-5},
+    # `full` on TRL's own loss path (its fused LM head, as trl_full): llmtune's overhead over TRL alone
+    "full_fused": {"runner": "llmtune", "options": {"finetuning_type": "full", "lm_head_loss": "fused"}, "lr": 1e-5},
     "lora": {"runner": "llmtune", "options": {"finetuning_type": "lora", **LORA}, "lr": 1e-4},
     "block": {"runner": "llmtune", "options": {"finetuning_type": "block", **BLOCK}, "lr": 1e-5},
     "sparse": {"runner": "llmtune", "options": {"finetuning_type": "sparse", **RATIO}, "lr": 1e-5},
@@ -76,7 +78,7 @@ LLMTUNE_TYPES = [name for name, c in CONFIGS.items() if c["runner"] == "llmtune"
 BASELINES = [name for name, c in CONFIGS.items() if c["runner"] in ("trl", "llamafactory")]
 ALL_CONFIGS = [*LLMTUNE_TYPES, "inference", *BASELINES]
 SCALING = ["full", "lora", "block", "zo"]
-QUALITY = [c for c in LLMTUNE_TYPES if c != "qlora"]  # every finetuning type, on the same budget
+QUALITY = [c for c in LLMTUNE_TYPES if c not in ("qlora", "full_fused")]  # every finetuning type, same budget
 
 
 def llama_shape(hidden: int, layers: int) -> dict:

@@ -122,6 +122,7 @@ class Measure(TrainerCallback):
         return {
             "steps": len(self.seconds),
             "step_seconds": statistics.median(measured) if measured else None,
+            "seconds": [round(x, 4) for x in self.seconds],  # every step, warm-up included: the spread
             "tokens_per_second": tokens / sum(measured) if measured and tokens else None,
             "peak_train_bytes": peak_train,
             "peak_process_bytes": max(peak_train, self.memory.peak_before_reset),

@@ -29,6 +29,7 @@ MIB = 2**20
 TARGETS = [
     ("llmtune / TRL step time", "full", "trl_full", "step_seconds", 1.03),
     ("llmtune / TRL step time", "lora", "trl_lora", "step_seconds", 1.03),
+    ("llmtune / TRL step time, both on TRL's fused LM head", "full_fused", "trl_full", "step_seconds", 1.03),
     ("llmtune / LLaMA-Factory step time", "full", "lf_full", "step_seconds", 1.0),
     ("llmtune / LLaMA-Factory step time", "lora", "lf_lora", "step_seconds", 1.0),
     ("llmtune / LLaMA-Factory step time", "block", "lf_badam", "step_seconds", 1.0),

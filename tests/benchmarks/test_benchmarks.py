@@ -101,6 +101,7 @@ def test_rows_and_baselines_see_the_same_first_batch(smoke_results):
     # Same weights, batch and seed: the first loss (before any update) is the same for a row and its baseline.
     for ours, theirs in (
         ("full", "trl_full"),
+        ("full_fused", "trl_full"),
         ("lora", "trl_lora"),
         ("block", "badam_block"),
         ("sparse", "badam_ratio"),
