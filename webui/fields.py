@@ -52,7 +52,7 @@ class Field:
 def _choices() -> dict[str, tuple[str, ...]]:
     """Keys with a closed set of values, from the constants the dataclasses validate against."""
     from llmtune.data import TEMPLATES
-    from llmtune.hparams.finetuning_args import STAGES
+    from llmtune.hparams.finetuning_args import LM_HEAD_LOSSES, STAGES
     from llmtune.methods import METHODS
     from llmtune.methods.block.config import SWITCH_MODES
     from llmtune.methods.loretta.config import LORETTA_ACTIVATIONS, LORETTA_MODES
@@ -61,6 +61,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
 
     return {
         "stage": STAGES,
+        "lm_head_loss": LM_HEAD_LOSSES,
         "finetuning_type": tuple(n for n, m in METHODS.items() if m.implemented),
         "template": tuple(TEMPLATES),
         "badam_switch_mode": SWITCH_MODES,

@@ -41,7 +41,7 @@ class FinetuningArguments:
             "forward and cross-entropy over the full logits, as transformers' Trainer and LLaMA-Factory do "
             "(logs mean_token_accuracy, not entropy). auto: fused where Triton runs it, logits elsewhere "
             "(on a CPU TRL's tiles score every position and recompute the head in the backward pass: "
-            "18% slower per step on SmolLM2, see docs/benchmarks.md)."
+            "1.2-1.8x the step time on SmolLM2 here, see docs/benchmarks.md)."
         },
     )
     stop_on_nan: bool = field(
