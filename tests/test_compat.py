@@ -83,8 +83,9 @@ def test_every_refused_cell_refuses_in_one_line_and_every_other_cell_passes():
             refused += 1
         else:
             assert compat.check_config(config_for(cell), world_size=world_size_for(cell), has_gpu=True) == cell
-    # block and sparse x 4 engines, zo and adazeta x 3 sharded engines (x 6 columns), sparse fp16 alone x 2 ...
-    unquantised = (2 * 4 + 2 * 3) * 6 + 2
+    # block x 3 sharded engines (DDP is tested), sparse x 4 engines, zo and adazeta x 3 sharded engines
+    # (x 6 columns), sparse fp16 alone x 2, block under DDP with accumulation x 3 precisions ...
+    unquantised = (3 + 4 + 2 * 3) * 6 + 2 + 3
     # ... and quantised (x 2 bit widths): full, block, sparse everywhere (5 engines x 6 columns), zo and adazeta
     # under the 3 sharded engines as unquantised
     assert refused == unquantised + 2 * (3 * 5 * 6 + 2 * 3 * 6)

@@ -128,5 +128,5 @@ def test_train_validates_then_relaunches_with_its_arguments(monkeypatch, tmp_pat
     assert not (tmp_path / "out").exists()  # the parent only validated; the workers train
 
     # A combination the table refuses never starts torchrun.
-    assert main(["train", *tokens, "--finetuning_type", "block"]) == 2
+    assert main(["train", *tokens, "--finetuning_type", "sparse"]) == 2
     assert len(_Recorder.commands) == 1

@@ -103,15 +103,35 @@ MULTI = ("ddp", "zero2", "zero3", "fsdp")
 # Refusals first (one entry per concept), then what tests prove, then the rest.
 RULES: list[Rule] = [
     Rule(
-        BADAM,
+        "block",
+        SHARDED,
+        ANY,
+        ANY,
+        "refused",
+        "BAdam changes which parameters train every badam_switch_interval steps, but ZeRO and FSDP build their "
+        "partitions of gradients and optimizer states for the parameters trainable when training starts; use DDP "
+        "(NPROC_PER_NODE without deepspeed/fsdp: the active block's gradients are averaged across processes), one "
+        "GPU (llmtune estimate: Llama-3-8B fits 24 GB), or lora or full with deepspeed",
+    ),
+    Rule(
+        "block",
+        "ddp",
+        ">1",
+        ANY,
+        "refused",
+        "DDP skips its gradient synchronisation on accumulation steps and then meets parameters that became "
+        "trainable after it was built (measured: 'Expected to mark a variable ready only once'); raise "
+        "per_device_train_batch_size instead, or accumulate in one process",
+        key="gradient_accumulation_steps",
+    ),
+    Rule(
+        "sparse",
         MULTI,
         ANY,
         ANY,
         "refused",
-        "BAdam changes which parameters train every badam_switch_interval steps, but DDP builds its gradient "
-        "reducer (and ZeRO/FSDP their partitions) for the parameters trainable when training starts, so the "
-        "blocks that train later would never be synchronised across processes; run it in one process on one GPU "
-        "(llmtune estimate: Llama-3-8B fits 24 GB), or use lora or full with deepspeed for several GPUs",
+        "sparse keeps compact gradients of the selected entries that neither DDP's reducer nor ZeRO/FSDP "
+        "partitions see, so processes would drift apart; run it in one process, or use block under DDP",
     ),
     Rule(
         "sparse",
@@ -186,6 +206,14 @@ RULES: list[Rule] = [
         f"{DIST}::test_zero3_adapters_reload_in_one_process_to_the_same_logits",
     ),
     Rule("zo", "ddp", "1", "fp32", "tested", f"{DIST}::test_zo_ranks_stay_identical"),
+    Rule(
+        "block",
+        "ddp",
+        "1",
+        "fp32",
+        "tested",
+        f"{DIST}::test_block_under_ddp_matches_one_process_and_switches_on_both_ranks",
+    ),
     Rule(
         "adazeta",
         "ddp",

@@ -285,10 +285,14 @@ def test_bad_badam_options_are_one_line(make_config, tmp_path, config, message):
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
-def test_several_processes_are_refused_before_anything_loads(monkeypatch, make_config, tmp_path):
+def test_sparse_under_several_processes_is_refused_before_anything_loads(monkeypatch, make_config, tmp_path):
+    # block under DDP trains (tests/train/test_distributed.py); sparse does not, and says so
+    from llmtune import compat
+
+    compat.check_config({"finetuning_type": "block"}, world_size=2)  # passes: the table marks it tested
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"^finetuning_type: block under DDP \(torchrun\) is not supported"):
-        parse_args(make_config(tmp_path, "block"))
+    with pytest.raises(ConfigError, match=r"^finetuning_type: sparse under DDP \(torchrun\) is not supported"):
+        parse_args(make_config(tmp_path, "sparse"))
 
 
 # -- the training path -------------------------------------------------------------------------

@@ -52,6 +52,14 @@ def job_config(make_config, where: Path, name: str, finetuning_type: str, **over
 
 
 LORETTA = {"learning_rate": 1e-2, "loretta_rank": 4, "loretta_bottleneck": 16}
+# BAdam switching every step, so 3 steps train 3 blocks: the 2nd and 3rd were frozen when DDP was built.
+BLOCK = {
+    "per_device_train_batch_size": 4,
+    "badam_switch_interval": 1,
+    "badam_switch_mode": "ascending",
+    "learning_rate": 1e-2,
+    "max_grad_norm": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +74,13 @@ def two_ranks(tmp_path_factory, make_config_module):
     jobs = [
         {"name": "zo_ddp", "config": job_config(make, where, "zo_ddp", "zo", learning_rate=1e-3), "record": "params"},
         {"name": "full_ddp", "config": job_config(make, where, "full_ddp", "full", per_device_train_batch_size=4)},
+        {"name": "full_ddp_accum", "config": job_config(make, where, "full_ddp_accum", "full", **accum)},
+        {"name": "block_ddp", "config": job_config(make, where, "block_ddp", "block", **BLOCK), "record": "params"},
         {
             "name": "full_z2",
             "config": job_config(make, where, "full_z2", "full", per_device_train_batch_size=4, deepspeed=z2),
         },
         {"name": "full_z3", "config": job_config(make, where, "full_z3", "full", save_steps=2, **zero3)},
-        {"name": "full_ddp_accum", "config": job_config(make, where, "full_ddp_accum", "full", **accum)},
         {"name": "full_z3_accum", "config": job_config(make, where, "full_z3_accum", "full", deepspeed=z3, **accum)},
         {
             "name": "full_z3_resumed",
@@ -84,6 +93,8 @@ def two_ranks(tmp_path_factory, make_config_module):
             "record": "logits",
         },
     ]
+    # The DDP jobs run before the DeepSpeed ones: accelerate keeps its process-wide state, and a DDP
+    # run after a DeepSpeed one in the same process would train under DeepSpeed.
     for job in jobs:
         job.setdefault("record", None)
     (where / "jobs.json").write_text(json.dumps(jobs))
@@ -153,6 +164,29 @@ def test_zero3_adapters_reload_in_one_process_to_the_same_logits(two_ranks, make
         reloaded = PeftModel.from_pretrained(base, str(two_ranks / name)).eval()(input_ids=ids).logits
     assert (trained - untrained).abs().max() > 1e-3  # the adapter learned something under ZeRO-3
     torch.testing.assert_close(reloaded, trained, rtol=0, atol=1e-5)
+
+
+def test_block_under_ddp_matches_one_process_and_switches_on_both_ranks(two_ranks, tmp_path, make_config):
+    """The reference BAdam under DDP trains later blocks on each process's own gradients (DDP's reducer
+    only knows the first block): the processes drift apart. llmtune averages the active block's
+    gradients, so both ranks stay identical and follow one process with the same global batch of 8."""
+    config = job_config(make_config, tmp_path, "one", "block", **{**BLOCK, "per_device_train_batch_size": 8})
+    initial = {n: p.detach().clone() for n, p in load_model(parse_args(config).model).named_parameters()}
+    result = run_sft(parse_args(config))
+    changed = {n.split(".")[2] for n, p in result.model.named_parameters() if not torch.equal(p, initial[n])}
+    assert len(changed) >= 2, changed  # a block activated after DDP was built trained too
+    rank0 = torch.load(two_ranks / "block_ddp.rank0.pt")
+    rank1 = torch.load(two_ranks / "block_ddp.rank1.pt")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"{key} differs between the ranks"
+    # The same losses and gradient norms at every step, the last ones after updates of two blocks.
+    # (Weights are compared through them: Adam's first step on a fresh block is about lr * sign(g), so
+    # entries whose gradient is at rounding level may move either way in two equal computations.)
+    logged = [json.loads(line) for line in (two_ranks / "block_ddp" / "trainer_log.jsonl").read_text().splitlines()]
+    for key in ("loss", "grad_norm"):
+        two = [r[key] for r in logged if "loss" in r]
+        one = [r[key] for r in result.log_history if "loss" in r]
+        assert len(two) == STEPS and two == pytest.approx(one, rel=1e-4), key
 
 
 def test_zo_ranks_stay_identical(two_ranks, make_config):

@@ -1,7 +1,9 @@
 """``BlockTrainer``: the training path's trainer with a :class:`BlockOptimizer`.
 
-It overrides ``create_optimizer`` only (and, when activation checkpointing is on, drops the hook
-that makes the frozen embedding's output require a gradient). The optimizer (and with it the block schedule, the fp32
+It overrides ``create_optimizer`` (and, when activation checkpointing is on, drops the hook
+that makes the frozen embedding's output require a gradient), and under DDP ``training_step``: DDP's
+reducer knows only the parameters trainable when it was built, so after every backward pass the
+active block's gradients are averaged across processes here, before clipping and the step. The optimizer (and with it the block schedule, the fp32
 masters and the Adam state of the active block) is saved into every checkpoint's ``optimizer.pt`` by
 the Trainer as any optimizer is, and restored from it on resume.
 """
@@ -27,6 +29,20 @@ _WHOLE_MODEL_KEYS = ("params", "model", "optimizer_dict")
 
 class BlockTrainer(LlmtuneTrainer):
     """``LlmtuneTrainer`` whose optimizer trains one block at a time (``finetuning_type: block``)."""
+
+    def __init__(self, *args, **kwargs):
+        training_args = kwargs.get("args")
+        if training_args is not None and training_args.world_size > 1:
+            # After a switch the block DDP registered gets no gradient: let DDP find it unused.
+            training_args.ddp_find_unused_parameters = True
+        super().__init__(*args, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the optimizer
+        if self.args.world_size > 1 and isinstance(inner, BlockOptimizer):
+            average_gradients(inner.active_block.params)
+        return loss
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -101,3 +117,24 @@ class BlockTrainer(LlmtuneTrainer):
         estimate["trainable_at_once"] = largest.numel
         estimate["optimized_numels"] = [param.numel() for _, param in largest.params]  # for 8-bit state sizes
         return estimate
+
+
+def average_gradients(params: list[tuple[str, torch.Tensor]]) -> None:
+    """Average the gradients of ``params`` across the processes, in one flat all-reduce.
+
+    Called after every backward pass (each micro-batch of an accumulation too): averaging the
+    accumulated gradient each time gives the same sum of per-micro-batch averages, and averaging a
+    gradient DDP already averaged leaves it as it is.
+    """
+    import torch.distributed as dist
+
+    grads = [param.grad for _, param in params if param.grad is not None]
+    if not grads or not dist.is_available() or not dist.is_initialized():
+        return
+    flat = torch.cat([grad.reshape(-1).float() for grad in grads])
+    dist.all_reduce(flat)  # gloo has no AVG: sum, then divide
+    flat /= dist.get_world_size()
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
