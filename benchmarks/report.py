@@ -59,6 +59,11 @@ def _mib(n) -> str:
     return f"{n / MIB:,.0f}" if isinstance(n, int | float) else "-"
 
 
+def _error_cell(row: dict) -> str:
+    """A failed run's error as one markdown table cell."""
+    return row["error"].replace("|", "/").replace("\n", " ")
+
+
 def _num(n, fmt: str) -> str:
     return format(n, fmt) if isinstance(n, int | float) else "-"
 
@@ -72,8 +77,7 @@ def group_table(rows: list[dict]) -> list[str]:
     for row in rows:
         runner = CONFIGS[row["config"]]["runner"]
         if "error" in row:
-            error = row["error"].replace("|", "/").replace("\n", " ")  # a table cell
-            lines.append(f"| {row['config']} | {runner} | {error} ||||||")
+            lines.append(f"| {row['config']} | {runner} | {_error_cell(row)} ||||||")
             continue
         lines.append(
             f"| {row['config']} | {runner} | {row['trainable']:,} | {_mib(row['peak_rise_bytes'])} | "
@@ -92,8 +96,7 @@ def task_table(rows: list[dict]) -> list[str]:
     ]
     for row in rows:
         if "error" in row:
-            error = row["error"].replace("|", "/").replace("\n", " ")
-            lines.append(f"| {row['config']} | {error} |" + "|" * (len(metrics) + 2))
+            lines.append(f"| {row['config']} | {_error_cell(row)} |" + "|" * (len(metrics) + 2))
             continue
         scores = " | ".join(_num(row.get("task_metrics", {}).get(m), ".4f") for m in metrics)
         trainable = f"{row['trainable']:,}" if row.get("trainable") else "0 (no training)"

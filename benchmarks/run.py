@@ -65,6 +65,11 @@ def data_source(dataset: str, dataset_dir: str | None) -> tuple[str, str]:
     return "demo_alpaca", str(REPO / "data")
 
 
+def sample_count(suite: dict) -> int:
+    """Rows a run reads (``max_samples``): enough for every step of the suite, at least 64."""
+    return max(64, suite["batch"] * (suite["warmup"] + suite["steps"]))
+
+
 FILLED = "bench_filled"  # the dataset_info name of the rows :func:`filled_rows` writes
 
 
@@ -122,7 +127,7 @@ def job_config(
         **data,
         "template": "default",
         "cutoff_len": length,
-        "max_samples": max(64, suite["batch"] * steps),
+        "max_samples": sample_count(suite),
         "output_dir": str(out),
         "overwrite_output_dir": True,
         "per_device_train_batch_size": suite["batch"],
@@ -292,10 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = dataset
         if suite.get("fill_rows") and not task:
             if (model, length) not in filled:
-                count = max(64, suite["batch"] * (suite["warmup"] + suite["steps"]))
                 folder = work / f"data-{model}-{length}"
                 try:
-                    filled[model, length] = filled_rows(dataset, model_path(model), length, count, folder)
+                    filled[model, length] = filled_rows(dataset, model_path(model), length, sample_count(suite), folder)
                 except Exception as error:  # noqa: BLE001 - the run records why its model is missing
                     print(f"{model}: rows not filled ({error})", file=sys.stderr)
                     filled[model, length] = dataset

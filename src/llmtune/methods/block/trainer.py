@@ -1,11 +1,12 @@
 """``BlockTrainer``: the training path's trainer with a :class:`BlockOptimizer`.
 
-It overrides ``create_optimizer`` (and, when activation checkpointing is on, drops the hook
-that makes the frozen embedding's output require a gradient), and under DDP ``training_step``: DDP's
+It overrides ``create_optimizer`` (and, when activation checkpointing is on, drops the hook that
+makes the frozen embedding's output require a gradient), and under DDP ``training_step``: DDP's
 reducer knows only the parameters trainable when it was built, so after every backward pass the
-active block's gradients are averaged across processes here, before clipping and the step. The optimizer (and with it the block schedule, the fp32
-masters and the Adam state of the active block) is saved into every checkpoint's ``optimizer.pt`` by
-the Trainer as any optimizer is, and restored from it on resume.
+active block's gradients are averaged across processes here, before clipping and the step. The
+optimizer (and with it the block schedule, the fp32 masters and the Adam state of the active block)
+is saved into every checkpoint's ``optimizer.pt`` by the Trainer as any optimizer is, and restored
+from it on resume.
 """
 
 from __future__ import annotations
