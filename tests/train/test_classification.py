@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -103,3 +104,18 @@ def test_every_gradient_method_trains_as_classification(tmp_path, make_config, f
     assert losses[-1] < losses[0], losses
     assert main(["eval", str(tmp_path / "run"), "--task", "demo_sst2", "--max_samples", "16"]) == 0
     assert (tmp_path / "run" / "eval" / "demo_sst2" / "results.json").is_file()
+
+
+def test_k_shot_trains_on_k_per_class_and_evaluates_another_k(tmp_path, make_config) -> None:
+    """``k_shot: 4`` on demo_sst2: 8 training rows and 8 dev rows, another draw per seed; SFT refuses it.
+    (That train and dev are disjoint is tested in tests/data/test_corpora.py: demo_sst2 repeats sentences.)"""
+    from llmtune.train.classification import get_classification_dataset
+
+    args = parse_args(cls_config(make_config, tmp_path / "k", k_shot=4, seed=13))
+    tokenizer = load_tokenizer(TINY)
+    data = get_classification_dataset(args.data, tokenizer, seed=13)
+    assert Counter(data.train["label"]) == Counter(data.eval["label"]) == {0: 4, 1: 4}
+    other = get_classification_dataset(args.data, tokenizer, seed=21)
+    assert other.train["prompt_ids"] != data.train["prompt_ids"]
+    with pytest.raises(ConfigError, match="k_shot: draws k examples per class"):
+        run_sft(parse_args(cls_config(make_config, tmp_path / "sft", k_shot=4, train_as_classification=False)))

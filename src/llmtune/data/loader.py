@@ -65,6 +65,11 @@ def load_conversations(data_args: DataArguments) -> LoadedData:
     attrs = {
         name: get_dataset_attr(registry, name, dataset_dir) for name in train_names + eval_names if name not in tasks
     }
+    if data_args.k_shot:
+        raise ConfigError(
+            "k_shot: draws k examples per class of a choice task for train_as_classification: true; "
+            "set train_as_classification: true, or k_shot: 0 to train on every row as SFT"
+        )
     report = DataReport(cutoff_len=data_args.cutoff_len)
     splits: dict[str, list[Conversation]] = {"train": [], "eval": []}
     for split, names in (("train", train_names), ("eval", eval_names)):
@@ -96,6 +101,10 @@ def check_data_options(data_args: DataArguments) -> None:
         )
     if data_args.default_system and has_surrogate(data_args.default_system):  # the tokenizer would raise TypeError
         raise ConfigError("default_system: holds characters that are not valid UTF-8 (lone surrogates); fix the text")
+    if data_args.k_shot < 0:
+        raise ConfigError(f"k_shot: {data_args.k_shot!r} must be a number of examples per class >= 1 (0: every row)")
+    if data_args.k_shot and data_args.val_size > 0:
+        raise ConfigError("k_shot and val_size are both set; k_shot draws its own dev set (k per class)")
     if data_args.val_size > 0 and split_names(data_args.eval_dataset):
         raise ConfigError("val_size and eval_dataset are both set; use val_size to split or eval_dataset, not both")
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llmtune.data.corpora import CORPORA
 from llmtune.data.readers import RawTable, has_surrogate, list_data_files, read_table, table_from_records
 from llmtune.data.registry import DEFAULT_DATASET_DIR, REGISTRY_FILE, resolve_dataset_dir
 from llmtune.data.report import DatasetCount
@@ -100,6 +101,7 @@ class Task:
     subset: str | None = None
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "eval": "validation"})
     file_name: dict[str, str] = field(default_factory=dict)
+    corpus: str | None = None
     base_dir: Path = Path(".")
 
     @property
@@ -107,6 +109,8 @@ class Task:
         """Where the rows come from, as shown in messages."""
         if self.file_name:
             return ", ".join(self.file_name.values())
+        if self.corpus:
+            return f"corpus {self.corpus}"
         return f"{self.hf_hub_url}" + (f" ({self.subset})" if self.subset else "")
 
     def required_columns(self) -> list[str]:
@@ -292,8 +296,10 @@ def _check_task(task: Task, where: str) -> None:
             for name in filter(None, match.group(2).split("|")):
                 if name not in FILTERS and name not in task.maps:
                     raise DataError(f"{where}: unknown filter '{name}'; filters: {', '.join([*FILTERS, *task.maps])}")
-    if not task.file_name and not task.hf_hub_url:
-        raise DataError(f"{where}: needs 'file_name' (local files per split) or 'hf_hub_url'")
+    if task.corpus is not None and task.corpus not in CORPORA:
+        raise DataError(f"{where}: corpus {task.corpus!r} is not one of {', '.join(CORPORA)}")
+    if not task.file_name and not task.hf_hub_url and not task.corpus:
+        raise DataError(f"{where}: needs 'file_name' (local files per split), 'hf_hub_url' or 'corpus'")
     if not isinstance(task.file_name, dict) or not isinstance(task.splits, dict):
         raise DataError(f"{where}: 'file_name' and 'splits' map a split (train, eval) to a file or hub split")
 
@@ -390,6 +396,9 @@ def _read_split(task: Task, split: str, max_samples: int | None, task_file: str 
         if not path.exists():
             raise DataFileNotFoundError(f"task '{task.name}': file '{path}' does not exist")
         return [read_table(file) for file in list_data_files(path)]
+    if task.corpus:
+        rows = CORPORA[task.corpus]()[split]
+        return [table_from_records(f"{task.corpus}:{split}", rows, list(rows[0]) if rows else [])]
     return [_read_hub(task, split, max_samples)]
 
 

@@ -51,6 +51,14 @@ class DataArguments:
     max_samples: int | None = field(
         default=None, metadata={"help": "Use at most this many examples from each dataset (for quick runs)."}
     )
+    k_shot: int = field(
+        default=0,
+        metadata={
+            "help": "Tasks only: train on k examples per class drawn with `seed` from each task's train split "
+            "(LM-BFF's and MeZO's protocol; 0: every row). With train_as_classification and no eval_dataset, another "
+            "k per class is the dev set evaluated during training; the task's eval split stays the test set."
+        },
+    )
     val_size: float = field(
         default=0.0,
         metadata={"help": "Split off this fraction (<1) or number (>=1) of training examples for evaluation."},

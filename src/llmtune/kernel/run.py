@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from typing import Any
 import torch
 import yaml
 
+from llmtune.data.kshot import k_shot_split
 from llmtune.data.tasks import Task, TaskExample, load_task_examples, load_tasks
-from llmtune.errors import ConfigError
 from llmtune.kernel.config import KernelRun
 
 logger = logging.getLogger("llmtune")
@@ -39,24 +38,6 @@ class KernelData:
     train: list[TaskExample]
     eval: list[TaskExample]
     skipped_rows: int
-
-
-def k_shot_split(examples: list[TaskExample], k: int, seed: int, task_name: str) -> list[TaskExample]:
-    """``k`` examples of every class drawn with ``seed`` (LM-Kernel-FT's k is per class), in a seeded order."""
-    rng = random.Random(seed)
-    by_class: dict[int, list[TaskExample]] = {}
-    for example in examples:
-        by_class.setdefault(example.label, []).append(example)
-    chosen: list[TaskExample] = []
-    for label in sorted(by_class):
-        pool = by_class[label]
-        if len(pool) < k:
-            raise ConfigError(
-                f"k_shot: {k} per class, but task '{task_name}' has only {len(pool)} training examples of class {label}"
-            )
-        chosen += rng.sample(pool, k)
-    rng.shuffle(chosen)
-    return chosen
 
 
 def load_kernel_data(run: KernelRun) -> KernelData:

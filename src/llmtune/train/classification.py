@@ -156,6 +156,7 @@ def get_classification_dataset(
     Every name must be a choice task; the prompts are MeZO's plain text (no chat template).
     ``val_size`` holds out training examples as for SFT.
     """
+    from llmtune.data.kshot import k_shot_splits
     from llmtune.data.loader import check_data_options, eval_size
     from llmtune.data.registry import load_registry, resolve_dataset_dir, split_names
     from llmtune.data.report import DataReport
@@ -178,17 +179,24 @@ def get_classification_dataset(
             )
     report = DataReport(cutoff_len=data_args.cutoff_len)
     splits: dict[str, list[dict]] = {"train": [], "eval": []}
+    k_shot_dev = bool(data_args.k_shot) and not eval_names
     for split, names in (("train", train_names), ("eval", eval_names)):
         for name in names:
             examples, count = load_task_examples(tasks[name], split, data_args.max_samples, data_args.skip_bad_rows)
             report.datasets.append(count)
-            for example in examples:
-                try:
-                    encoded = encode_choice(tokenizer, example, max_length=data_args.cutoff_len)
-                except ValueError as error:
-                    raise DataError(f"task '{name}': {error}") from None
-                splits[split].append(encoded.as_features())
-    train, evaluation = splits["train"], splits["eval"] if eval_names else None
+            drawn = {split: examples}
+            if split == "train" and data_args.k_shot:
+                drawn["train"], dev = k_shot_splits(examples, data_args.k_shot, seed, name)
+                if k_shot_dev:
+                    drawn["eval"] = dev
+            for part, chosen in drawn.items():
+                for example in chosen:
+                    try:
+                        encoded = encode_choice(tokenizer, example, max_length=data_args.cutoff_len)
+                    except ValueError as error:
+                        raise DataError(f"task '{name}': {error}") from None
+                    splits[part].append(encoded.as_features())
+    train, evaluation = splits["train"], splits["eval"] if (eval_names or k_shot_dev) else None
     if evaluation is None and data_args.val_size > 0:
         import random
 
@@ -197,6 +205,9 @@ def get_classification_dataset(
     report.train_rows = len(train)
     report.eval_rows = len(evaluation) if evaluation is not None else None
     report.notes.append("train_as_classification: cross-entropy over the options' mean log-probabilities")
+    if data_args.k_shot:
+        dev = " and another k as the dev set" if k_shot_dev else ""
+        report.notes.append(f"k_shot: {data_args.k_shot} training examples per class (seed {seed}){dev}")
     import datasets
 
     return ClassificationData(
