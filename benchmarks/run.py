@@ -4,6 +4,7 @@
     python -m benchmarks.run --suite gpu                      # bf16, larger models, on one CUDA GPU
     python -m benchmarks.run --suite quality                  # every type on SmolLM2: loss curves, task accuracy
     python -m benchmarks.run --suite smoke                    # one step of each configuration (the test)
+    python -m benchmarks.run --suite fidelity                 # k-shot accuracy of every method (benchmarks/fidelity.py)
     python -m benchmarks.run --suite cpu --only full,lora,trl_full --models tiny
 
 Within a group every configuration uses the same model, data, batch size, sequence length (``cutoff_len``)
@@ -256,6 +257,11 @@ def jobs(suite: dict, only: list[str] | None, models: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--suite", "fidelity"] or "--suite=fidelity" in argv[:1]:
+        from benchmarks.fidelity import main as fidelity  # its own runner: k-shot accuracy, not step time
+
+        return fidelity(argv[1 if "--suite=fidelity" in argv[:1] else 2 :])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="cpu")
     parser.add_argument("--only", help="comma-separated configuration names (default: all of the suite)")

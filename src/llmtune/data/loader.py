@@ -65,11 +65,6 @@ def load_conversations(data_args: DataArguments) -> LoadedData:
     attrs = {
         name: get_dataset_attr(registry, name, dataset_dir) for name in train_names + eval_names if name not in tasks
     }
-    if data_args.k_shot:
-        raise ConfigError(
-            "k_shot: draws k examples per class of a choice task for train_as_classification: true; "
-            "set train_as_classification: true, or k_shot: 0 to train on every row as SFT"
-        )
     report = DataReport(cutoff_len=data_args.cutoff_len)
     splits: dict[str, list[Conversation]] = {"train": [], "eval": []}
     for split, names in (("train", train_names), ("eval", eval_names)):

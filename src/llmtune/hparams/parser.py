@@ -395,6 +395,11 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
     _positive("weight_decay", train.weight_decay, allow_zero=True)
     if ft.lm_head_loss not in LM_HEAD_LOSSES:
         raise one_of("lm_head_loss", ft.lm_head_loss, LM_HEAD_LOSSES)
+    if data.k_shot and not args.finetuning.train_as_classification:
+        raise ConfigError(
+            "k_shot: draws k examples per class of a choice task for train_as_classification: true; "
+            "set train_as_classification: true, or k_shot: 0 to train on every row as SFT"
+        )
     if data.neat_packing and args.finetuning.train_as_classification:
         raise ConfigError(
             "packing: not available with train_as_classification (its batches are answer options, not rows); "

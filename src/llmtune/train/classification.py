@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from llmtune.errors import ConfigError, DataError
+from llmtune.model.head import logits_at
 
 if TYPE_CHECKING:
     import datasets
@@ -93,13 +94,17 @@ def option_log_likelihoods(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], length_normalized: bool = True
 ) -> torch.Tensor:
     """Log-likelihood of each row's option tokens given what precedes them, ``[N]`` (mean per token
-    when ``length_normalized``, else the sum). Only the option positions go through log-softmax."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    when ``length_normalized``, else the sum). The LM head runs only at the positions that predict an
+    option token (:func:`llmtune.model.head.logits_at`)."""
     scored = batch[OPTION_MASK][:, 1:].bool()  # token t is predicted at position t - 1
-    targets = batch["input_ids"][:, 1:][scored]
-    token_logits = logits[:, :-1][scored].float()  # [M, V]
+    positions = torch.zeros_like(batch[OPTION_MASK], dtype=torch.bool)
+    positions[:, :-1] = scored
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    token_logits = logits_at(model, inputs, positions).float()  # [M, V]: the head runs at these positions only
+    targets = batch["input_ids"][:, 1:][scored].to(token_logits.device)
     token_lp = token_logits.log_softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
     rows = torch.arange(scored.shape[0], device=scored.device).unsqueeze(1).expand_as(scored)[scored]
+    rows = rows.to(token_lp.device)
     sums = torch.zeros(scored.shape[0], device=token_lp.device, dtype=token_lp.dtype).index_add(0, rows, token_lp)
     if not length_normalized:
         return sums

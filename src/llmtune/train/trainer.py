@@ -8,7 +8,7 @@ It overrides four hooks and nothing else:
 * ``training_step`` stops the run on a NaN/inf loss before the bad gradient reaches the weights;
 * ``compute_loss`` scores classification batches (``train_as_classification``, see
   :mod:`llmtune.train.classification`) by cross-entropy over the options, and computes the SFT loss
-  either with TRL's fused LM head or from the model's full logits (``lm_head_loss``).
+  either with TRL's fused LM head or with the LM head run at the labelled positions only (``lm_head_loss``).
 
 Method trainers (BAdam, ZO, ...) subclass this one.
 """
@@ -19,12 +19,14 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from llmtune.model.head import causal_lm_loss
 from llmtune.model.loader import upcast_trainable
 from llmtune.train import checkpoint as ckpt
 from llmtune.train.classification import compute_classification_loss, is_classification_batch
@@ -66,19 +68,20 @@ class LlmtuneTrainer(SFTTrainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def _logits_loss(self, model, inputs, return_outputs, num_items_in_batch):
-        """The model's own loss over its full logits (transformers' ``Trainer.compute_loss``), normalised
-        like TRL's (by ``num_items_in_batch``), with TRL's token-accuracy and token-count metrics."""
-        from transformers import Trainer
-
+        """transformers' causal-LM loss with the LM head run only at labelled positions
+        (:func:`llmtune.model.head.causal_lm_loss`), normalised as HF's ``Trainer.compute_loss`` does
+        (by ``num_items_in_batch``), with TRL's token-accuracy and token-count metrics."""
         inputs = {**inputs, "use_cache": False}
-        loss, outputs = Trainer.compute_loss(self, model, inputs, True, num_items_in_batch)
+        items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        loss, logits, targets = causal_lm_loss(model, inputs, items)
+        if self.args.average_tokens_across_devices and items is not None:
+            # as Trainer.compute_loss: the gradients are averaged over processes, the token count was summed
+            processes = self.accelerator.num_processes // (self.get_tp_size() if hasattr(self, "get_tp_size") else 1)
+            loss = loss * (processes if self.args.n_gpu <= 1 else self.args.n_gpu)
         mode = "train" if self.model.training else "eval"
         with torch.no_grad():
-            labels = inputs["labels"][:, 1:]
-            mask = labels != -100
-            correct = ((outputs.logits[:, :-1].argmax(-1) == labels) & mask).sum()
-            valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
-            correct = self.accelerator.gather_for_metrics(correct).sum()
+            correct = self.accelerator.gather_for_metrics((logits.argmax(-1) == targets).sum()).sum()
+            valid = self.accelerator.gather_for_metrics(torch.tensor(targets.numel(), device=logits.device)).sum()
         self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
         if mode == "train":
             if "attention_mask" in inputs:
@@ -87,7 +90,7 @@ class LlmtuneTrainer(SFTTrainer):
                 tokens = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
             self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-        return (loss, outputs) if return_outputs else loss
+        return (loss, SimpleNamespace(loss=loss, logits=logits)) if return_outputs else loss
 
     # -- numerical health ------------------------------------------------------------------------
 

