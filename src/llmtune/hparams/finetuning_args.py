@@ -37,11 +37,11 @@ class FinetuningArguments:
         default="auto",
         metadata={
             "help": "How the SFT loss is computed. fused: TRL's fused LM head (the head in tiles, no full "
-            "logits: less memory; with Triton on a GPU only the labelled positions). logits: the model's own "
-            "forward and cross-entropy over the full logits, as transformers' Trainer and LLaMA-Factory do "
-            "(logs mean_token_accuracy, not entropy). auto: fused where Triton runs it, logits elsewhere "
-            "(on a CPU TRL's tiles score every position and recompute the head in the backward pass: "
-            "1.2-1.8x the step time on SmolLM2 here, see docs/benchmarks.md)."
+            "logits; with Triton on a GPU only the labelled positions). logits: the model's forward with the LM "
+            "head run at the labelled positions only, then transformers' cross-entropy (the same loss as over "
+            "full logits; logs mean_token_accuracy, not entropy). auto: fused where Triton runs it, logits "
+            "elsewhere (on a CPU TRL's tiles score every position and recompute the head in the backward pass, "
+            "which is slower: measured in docs/benchmarks.md)."
         },
     )
     stop_on_nan: bool = field(
