@@ -123,16 +123,7 @@ def build_optimizer(
     """The optimizer ``zo_optimizer`` names, with the ``zo_*`` options."""
     common = {"lr": lr, "eps": zo.zo_eps, "seed": seed, "max_grad_ratio": zo.zo_max_grad_ratio}
     if zo.zo_optimizer == "adamu":
-        return ZerothOrderAdaMU(
-            params,
-            **common,
-            alpha=zo.zo_adamu_alpha,
-            beta1=zo.zo_adamu_beta1,
-            beta2=zo.zo_adamu_beta2,
-            warmup_steps=zo.zo_adamu_warmup_steps,
-            anneal_end=zo.zo_adamu_anneal_end,
-            total_steps=total_steps,
-        )
+        return ZerothOrderAdaMU(params, **common, **zo.adamu_options(), total_steps=total_steps)
     return ZerothOrderSGD(params, **common, num_queries=zo.zo_num_queries)
 
 
