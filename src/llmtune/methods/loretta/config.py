@@ -25,7 +25,12 @@ class LorettaArguments:
         default="adapter",
         metadata={"help": "adapter (bottleneck adapters after the attention and MLP blocks) or reparam (a TT ΔW)."},
     )
-    loretta_rank: int = field(default=8, metadata={"help": "Tensor-train rank of the adapter cores."})
+    loretta_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tensor-train rank of the adapter cores (default: the paper's, 8 for loretta and 5 for adazeta)."
+        },
+    )
     loretta_bottleneck: int | None = field(
         default=None,
         metadata={"help": "adapter: the bottleneck width (default 64); reparam: the inner dimension r (default 8)."},
@@ -40,15 +45,16 @@ class LorettaArguments:
     loretta_target: str = field(
         default="auto",
         metadata={
-            "help": "Comma-separated linear layers to adapt; 'auto': adapter o_proj,down_proj (after the attention "
-            "and MLP blocks), reparam q_proj,v_proj; 'all': every linear layer but the output head."
+            "help": "Comma-separated linear layers to adapt; 'auto': the paper's placement: loretta adapter after "
+            "o_proj,down_proj (the attention and MLP blocks), reparam q_proj,v_proj; adazeta the inputs of "
+            "gate_proj,up_proj and the output of down_proj; 'all': every linear layer but the output head."
         },
     )
     loretta_input_target: str | None = field(
         default=None,
         metadata={
             "help": "adapter mode: comma-separated linear layers whose input, not output, passes through an adapter "
-            "(AdaZeta's placement: loretta_input_target gate_proj,up_proj with loretta_target down_proj)."
+            "(AdaZeta's placement, its default: loretta_input_target gate_proj,up_proj with loretta_target down_proj)."
         },
     )
     loretta_activation: str = field(default="relu", metadata={"help": "adapter mode: the bottleneck non-linearity."})

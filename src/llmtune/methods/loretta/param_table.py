@@ -121,7 +121,8 @@ def rows(model: DecoderShape) -> list[Row]:
         ),
         Row(
             "adazeta",
-            "TT rank 5, bottleneck 64, AdaZeta placement (input of gate/up_proj, output of down_proj), norms frozen",
+            "TT rank 5, bottleneck 64, AdaZeta placement (input of gate/up_proj, output of down_proj; default), "
+            "norms frozen",
             loretta_count(model, "adapter", 5, 64, ["down_proj"], ("gate_proj", "up_proj")),
             0,
         ),

@@ -20,6 +20,13 @@ DEFAULT_TARGETS = {
     "adapter": {**{t: ["o_proj", "down_proj"] for t in _LLAMA_LIKE}, "opt": ["out_proj", "fc2"]},
     "reparam": {**{t: ["q_proj", "v_proj"] for t in _LLAMA_LIKE}, "opt": ["q_proj", "v_proj"]},
 }
+# The reference code's LoRETTA_adp placement, which AdaZeta uses (loretta_adp.py's adapter-type table:
+# "mh_adapter" on the input of the MLP's up-projections, "output_adapter" on its down-projection):
+# {model type: (layers adapted on their output, layers adapted on their input)}.
+REFERENCE_ADAPTER_PLACEMENT = {
+    **{t: (["down_proj"], ["gate_proj", "up_proj"]) for t in _LLAMA_LIKE},
+    "opt": (["fc2"], ["fc1"]),
+}
 
 
 @dataclass
