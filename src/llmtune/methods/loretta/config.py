@@ -8,6 +8,7 @@ from llmtune.errors import ConfigError, one_of
 
 LORETTA_MODES = ("adapter", "reparam")
 LORETTA_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "identity")
+LORETTA_INITS = ("identity", "reference")
 DEFAULT_BOTTLENECK = {"adapter": 64, "reparam": 8}
 
 
@@ -18,7 +19,9 @@ class LorettaArguments:
     ``adapter`` (LoRETTA_adp) puts a bottleneck adapter ``h + up(act(down(h))) * alpha / bottleneck``
     after each target layer; ``reparam`` (LoRETTA_rep) adds ``up(down(x)) * alpha / r`` to each
     target's output, like LoRA. ``down`` and ``up`` are tensor-train matrices of rank
-    ``loretta_rank``; ``up`` starts at zero, so the model's outputs are unchanged before training.
+    ``loretta_rank``; with ``loretta_init: identity`` (the default) ``up`` starts at zero, so the
+    model's outputs are unchanged before training (the reference code starts both at random:
+    ``loretta_init: reference``).
     """
 
     loretta_mode: str = field(
@@ -58,6 +61,15 @@ class LorettaArguments:
         },
     )
     loretta_activation: str = field(default="relu", metadata={"help": "adapter mode: the bottleneck non-linearity."})
+    loretta_init: str = field(
+        default="identity",
+        metadata={
+            "choices": LORETTA_INITS,
+            "help": "How the adapters start: identity (the up/B projection is zero, so the adapted model equals the "
+            "base model until it trains; llmtune's default) or reference (every tensor-train core random and the "
+            "adapter biases uniform, as the LoRETTA/AdaZeta code initialises them: the model starts perturbed).",
+        },
+    )
     loretta_train_norms: bool = field(
         default=True,
         metadata={"help": "Also train the layer norms, as LoRETTA does (adazeta always freezes them)."},
@@ -68,6 +80,8 @@ class LorettaArguments:
             raise one_of("loretta_mode", self.loretta_mode, LORETTA_MODES)
         if self.loretta_activation not in LORETTA_ACTIVATIONS:
             raise one_of("loretta_activation", self.loretta_activation, LORETTA_ACTIVATIONS)
+        if self.loretta_init not in LORETTA_INITS:
+            raise one_of("loretta_init", self.loretta_init, LORETTA_INITS)
         for name in ("loretta_rank", "loretta_bottleneck"):
             value = getattr(self, name)
             if value is not None and not value >= 1:

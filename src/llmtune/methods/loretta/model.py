@@ -104,6 +104,7 @@ def build_loretta_model(
         bottleneck=options.loretta_bottleneck,
         scaling=options.scaling,
         activation=options.loretta_activation,
+        init=options.loretta_init,
         target_modules=targets,
         input_target_modules=inputs or None,
         modules_to_save=norm_module_names(model) if train_norms else None,
