@@ -82,6 +82,10 @@ class ZerothOrderTrainer(LlmtuneTrainer):
             self.model_accepts_loss_kwargs and num_items_in_batch is not None
         )
         share = 1.0 if scaled_by_tokens else 1.0 / self.current_gradient_accumulation_steps
+        if scaled_by_tokens and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts every process's tokens and step() averages the processes' estimates:
+            # scale by the process count, as HF's compute_loss does before DDP averages gradients.
+            share *= self.accelerator.num_processes
 
         def objective() -> torch.Tensor:
             with self.compute_loss_context_manager():
