@@ -59,7 +59,13 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from llmtune.methods.sparse.config import MASK_MODES
     from llmtune.methods.zo.config import ZO_OBJECTIVES, ZO_OPTIMIZERS, ZO_TARGETS
 
-    return {
+    declared = {  # fields that name their choices in their metadata
+        f.name: tuple(f.metadata["choices"])
+        for cls in argument_classes()
+        for f in dataclasses.fields(cls)
+        if "choices" in f.metadata
+    }
+    return declared | {
         "stage": STAGES,
         "lm_head_loss": LM_HEAD_LOSSES,
         "finetuning_type": tuple(n for n, m in METHODS.items() if m.implemented),

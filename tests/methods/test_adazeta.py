@@ -22,9 +22,11 @@ from transformers import TrainerCallback
 
 from llmtune.errors import ConfigError, TrainingInterrupted
 from llmtune.hparams import parse_args
+from llmtune.methods.adazeta.model import prepare_adazeta
 from llmtune.methods.adazeta.optimizer import AdaZetaOptimizer
 from llmtune.methods.adazeta.schedule import QuerySchedule, adaptive_query_count, derived_beta
-from llmtune.methods.loretta.model import build_loretta_model
+from llmtune.methods.loretta.model import build_loretta_model, prepare_loretta
+from llmtune.methods.loretta.tuner import LorettaLayer
 from llmtune.model import load_model
 from llmtune.train.run import run_sft
 
@@ -62,6 +64,43 @@ def test_query_schedule_edge_cases():
     assert [adaptive_query_count(e, 1.0, 1.0, 3) for e in range(5)] == [1, 1, 2, 3, 3]
     assert [adaptive_query_count(e, 4.0, 0.0, 15) for e in range(3)] == [4, 4, 4]  # beta 0: a fixed Q
     assert derived_beta(0.85, 20, 1.0) == 1.0  # one epoch: only epoch 0, one query
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapters
+
+
+def adapters_by_layer(model) -> dict[str, tuple[str, int, int]]:
+    """``{module name: (placement, TT rank, bottleneck)}`` of every LoRETTA layer in ``model``."""
+    return {
+        name.removeprefix("base_model.model.model."): (
+            layer.loretta_placement["default"],
+            layer.loretta_down["default"].rank,
+            layer.loretta_down["default"].out_features,
+        )
+        for name, layer in model.named_modules()
+        if isinstance(layer, LorettaLayer)
+    }
+
+
+def test_default_adapters_are_adazetas_rank_bottleneck_and_placement():
+    # The reference (loretta_adp.py's adapter types for llama, run_all_large_exp.sh's RANK=5, run.py's
+    # bottleneck 64): the inputs of gate_proj and up_proj, the output of down_proj, nothing else.
+    config = {"model_name_or_path": "llmtune/tiny-llama", "dataset": "demo_alpaca", "output_dir": "unused"}
+    args = parse_args({**config, "finetuning_type": "adazeta"})
+    model = prepare_adazeta(load_model(args.model), args)
+    expected = {}
+    for i in range(2):  # the tiny model's layers
+        for name, placement in (("gate_proj", "input"), ("up_proj", "input"), ("down_proj", "output")):
+            expected[f"layers.{i}.mlp.{name}"] = (placement, 5, 64)
+    assert adapters_by_layer(model) == expected
+    assert all("loretta_" in n for n, p in model.named_parameters() if p.requires_grad)  # norms frozen
+    # loretta keeps LoRETTA's own defaults: rank 8 after o_proj and down_proj.
+    args = parse_args({**config, "finetuning_type": "loretta", "loretta_train_norms": False})
+    loretta = adapters_by_layer(prepare_loretta(load_model(args.model), args))
+    assert loretta == {
+        f"layers.{i}.{n}": ("output", 8, 64) for i in range(2) for n in ("self_attn.o_proj", "mlp.down_proj")
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ The shared promises (the loss falls, only adapters and norms change, reload, res
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -73,6 +74,25 @@ def test_inserted_adapters_leave_the_logits_unchanged(setup):
     expected = logits(base, batch)
     model, _ = adapted(setup)
     torch.testing.assert_close(logits(model, batch), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_reference_init_starts_every_adapter_random_and_reloads(tmp_path, setup):
+    # loretta_init: reference draws the up/B side too (as the reference code does): the logits move
+    # at once, every up core and bias is non-zero, and the choice is saved with the adapter.
+    from peft import PeftModel
+
+    args = run_args(**SETUPS[setup], loretta_init="reference")
+    batch = probe_batch()
+    base = logits(load_model(args.model).eval(), batch)
+    model = prepare_loretta(load_model(args.model), args).eval()
+    assert not torch.allclose(logits(model, batch), base, atol=1e-4)
+    ups = [p for n, p in model.named_parameters() if "loretta_up" in n]
+    assert ups and all(torch.count_nonzero(p) == p.numel() for p in ups)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["init"] == "reference"
+    reloaded = PeftModel.from_pretrained(load_model(args.model), tmp_path).eval()
+    torch.testing.assert_close(logits(reloaded, batch), logits(model, batch), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
@@ -150,6 +170,14 @@ def test_table_formulas_match_adapters_built_on_a_model(setup, row):
     assert norms == TINY.norm_parameters
 
 
+def test_table_counts_the_reference_adapters_as_published():
+    # LoRETTA_adp at rank 8 and AdaZeta's rank-5 adapters on Llama-2-7B (inputs of gate/up_proj, output
+    # of down_proj): the reference's [16, 16, 16, 4, 4, 4] shapes give its 921,600 and about 0.61M.
+    places = (["down_proj"], ("gate_proj", "up_proj"))
+    assert param_table.loretta_count(param_table.LLAMA2_7B, "adapter", 8, 64, *places) == 921_600
+    assert param_table.loretta_count(param_table.LLAMA2_7B, "adapter", 5, 64, *places) == 610_560
+
+
 def test_committed_parameter_table_is_current():
     page = (ROOT / "docs" / "tensor_train_params.md").read_text()
     assert page == param_table.table(), (
@@ -184,6 +212,7 @@ def test_training_logs_the_ratio_and_reloads(tmp_path, make_config, caplog):
             r"^loretta_activation: 'swish' is not one of gelu, identity, relu, silu, tanh",
         ),
         ({"loretta_rank": 0}, r"^loretta_rank: 0 must be a positive integer$"),
+        ({"loretta_init": "random"}, r"^loretta_init: 'random' is not one of identity, reference"),
         (
             {"loretta_mode": "reparam", "loretta_input_target": "gate_proj"},
             r"^loretta_input_target: only loretta_mode: adapter",

@@ -61,7 +61,16 @@ def test_the_reference_adapter_shape_counts_as_published():
 
 @pytest.mark.parametrize(
     ("n", "expected"),
-    [(4096, [16, 16, 16]), (64, [8, 8]), (11008, [43, 16, 16]), (14336, [16, 14, 8, 8]), (1, [1]), (97, [97])],
+    [
+        (4096, [16, 16, 16]),
+        (64, [8, 8]),
+        (576, [9, 8, 8]),  # not [12, 8, 6]: the smallest largest mode
+        (1536, [16, 12, 8]),
+        (11008, [43, 16, 16]),
+        (14336, [16, 14, 8, 8]),
+        (1, [1]),
+        (97, [97]),
+    ],
 )
 def test_factorize_uses_few_balanced_modes(n, expected):
     assert factorize(n) == expected
@@ -76,10 +85,66 @@ def test_factorize_modes_multiply_back_and_respect_the_cap(n):
     assert len(modes) == max(1, math.ceil(math.log(n, 16) - 1e-9))  # the fewest modes possible
 
 
-def test_tt_shape_puts_input_modes_first():
+# Every shape LoRETTA's reference hard-codes (loretta/utils/tensor_util.py,
+# TRANSFORMERS_HIDDEN_SIZE_TO_TENSOR_SHAPE[width][features]) that is a TT matrix (the features' modes,
+# then the width's): {(features, width): shape of the features -> width projection}.
+REFERENCE_TT_MATRIX_SHAPES = {
+    (768, 64): [8, 8, 12, 8, 8],
+    (4096, 64): [16, 16, 16, 4, 4, 4],
+    (5120, 64): [5, 8, 8, 16, 8, 8],
+    (4096, 128): [16, 16, 16, 8, 4, 4],
+    (4096, 16): [16, 16, 16, 4, 4],
+    (768, 8): [8, 8, 12, 8],
+    (5120, 8): [8, 8, 10, 8, 8],
+    (1280, 5): [4, 8, 5, 8, 5],
+    (1600, 5): [5, 8, 5, 8, 5],
+}
+
+
+@pytest.mark.parametrize(("features", "width"), sorted(REFERENCE_TT_MATRIX_SHAPES))
+def test_tt_shapes_are_the_references_both_ways(features, width):
+    shape = REFERENCE_TT_MATRIX_SHAPES[(features, width)]
+    assert tt_shape_for(features, width) == shape
+    assert tt_shape_for(width, features) == shape[::-1]  # the up-projection: the same cores, reversed
+    assert TensorTrainLinear(features, width, 2).tt_shape == shape
+
+
+@pytest.mark.parametrize(
+    ("in_features", "out_features", "shape"),
+    [
+        # SmolLM2-135M (hidden 576, MLP 1536) at bottleneck 64, and a 64-wide model: the input's modes
+        # ascending, the output's descending, as the reference orders its shapes.
+        (576, 64, [8, 8, 9, 8, 8]),
+        (64, 576, [8, 8, 9, 8, 8]),
+        (1536, 64, [8, 12, 16, 8, 8]),
+        (64, 1536, [8, 8, 16, 12, 8]),
+        (64, 64, [8, 8, 8, 8]),
+        (4096, 8, [16, 16, 16, 8]),  # the reference's [16, 16, 8, 4, 4] is not a TT matrix
+    ],
+)
+def test_tt_shapes_of_other_sizes_follow_the_rule(in_features, out_features, shape):
+    assert tt_shape_for(in_features, out_features) == shape
+    assert tt_shape_for(out_features, in_features) == shape[::-1]
+
+
+def test_tt_shape_puts_input_modes_first_and_respects_max_factor():
     shape = tt_shape_for(4096, 64)
-    assert shape == [16, 16, 16, 8, 8]
-    assert split_tt_shape(shape, 4096, 64) == ([16, 16, 16], [8, 8])
+    assert split_tt_shape(shape, 4096, 64) == ([16, 16, 16], [4, 4, 4])
+    assert tt_shape_for(4096, 64, max_factor=8) == [8, 8, 8, 8, 8, 8]  # the reference's 16s do not fit
+
+
+def test_reference_init_draws_the_cores_as_the_reference_code():
+    # The reference's TensorTrain.build_factors_Gaussian: core k = randn(r_k, n_k, r_{k+1}) / sqrt(r_{k+1})
+    # * sdv ** (1 / d) with sdv = sqrt(1 / (in + out)); its bias uniform in +-1 / sqrt(out).
+    torch.manual_seed(3)
+    layer = TensorTrainLinear(64, 16, 4, bias=True, init="reference")
+    torch.manual_seed(3)
+    shape, ranks, sdv = [8, 8, 16], [1, 4, 4, 1], math.sqrt(1 / (64 + 16))
+    assert layer.tt_shape == shape and layer.ranks == ranks
+    for k, core in enumerate(layer.cores):
+        expected = torch.randn(ranks[k], shape[k], ranks[k + 1]) / math.sqrt(ranks[k + 1]) * sdv ** (1 / 3)
+        torch.testing.assert_close(core.detach(), expected, rtol=1e-6, atol=1e-7)
+    assert 0 < layer.bias.abs().max() <= 1 / math.sqrt(16) and torch.count_nonzero(layer.bias) == 16
 
 
 def test_a_shape_that_does_not_fit_the_dimensions_is_refused():

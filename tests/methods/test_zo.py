@@ -18,8 +18,9 @@ from transformers import TrainerCallback
 from llmtune.errors import ConfigError, NotImplementedYetError, NumericalError, TrainingInterrupted
 from llmtune.hparams import parse_args
 from llmtune.methods.zo import objectives
-from llmtune.methods.zo.adamu import ZerothOrderAdaMU, adamu_weight
-from llmtune.methods.zo.optimizer import ZerothOrderSGD
+from llmtune.methods.zo.adamu import ZerothOrderAdaMU
+from llmtune.methods.zo.optimizer import ZerothOrderSGD, mix_seed
+from llmtune.methods.zo.schedule import adamu_anneal
 from llmtune.model import load_model
 from llmtune.train import checkpoint as ckpt
 from llmtune.train.run import run_sft
@@ -63,7 +64,7 @@ def assert_bitwise_equal(before: dict, after: dict) -> None:
 def test_lr_zero_leaves_every_parameter_bitwise_equal(optimizer_class):
     model = tiny_model().eval()
     before = snapshot(model)
-    extra = {"total_steps": 10, "warmup_steps": 2} if optimizer_class is ZerothOrderAdaMU else {"num_queries": 2}
+    extra = {"total_steps": 10, "warmup_end": 2} if optimizer_class is ZerothOrderAdaMU else {"num_queries": 2}
     optimizer = optimizer_class(model.parameters(), lr=0.0, eps=1e-2, weight_decay=0.1, **extra)
     batch = lm_batch()
     for _ in range(5):
@@ -172,7 +173,7 @@ def test_a_parameter_read_outside_its_module_forward_is_refused():
 
 def test_the_seed_stream_is_in_the_state_dict():
     layer = torch.nn.Linear(4, 4)
-    first = ZerothOrderAdaMU(layer.parameters(), lr=1e-2, total_steps=20, warmup_steps=1)
+    first = ZerothOrderAdaMU(layer.parameters(), lr=1e-2, total_steps=20, warmup_end=0.05)
     x = torch.randn(2, 4)
     for _ in range(3):
         first.estimate(layer, lambda: layer(x).pow(2).sum())
@@ -182,7 +183,7 @@ def test_the_seed_stream_is_in_the_state_dict():
 
     twin = torch.nn.Linear(4, 4)
     twin.load_state_dict(layer.state_dict())
-    second = ZerothOrderAdaMU(twin.parameters(), lr=1e-2, total_steps=20, warmup_steps=1, seed=99)
+    second = ZerothOrderAdaMU(twin.parameters(), lr=1e-2, total_steps=20, warmup_end=0.05, seed=99)
     second.load_state_dict(state)  # the saved seed and position win over the constructor's
     for optimizer, module in ((first, layer), (second, twin)):
         optimizer.estimate(module, lambda m=module: m(x).pow(2).sum())
@@ -190,12 +191,74 @@ def test_the_seed_stream_is_in_the_state_dict():
     assert torch.equal(layer.weight, twin.weight)
 
 
-def test_adamu_schedule_is_a_pure_function_of_the_step():
-    assert adamu_weight(0, 0.5, 10, 30) == adamu_weight(9, 0.5, 10, 30) == 1.0
-    assert adamu_weight(20, 0.5, 10, 30) == pytest.approx(0.75)  # half-way down the cosine
-    assert adamu_weight(30, 0.5, 10, 30) == adamu_weight(1000, 0.5, 10, 30) == 0.5
-    optimizer = ZerothOrderAdaMU([torch.nn.Parameter(torch.zeros(2))], anneal_end=0.5, total_steps=100, warmup_steps=10)
-    assert optimizer.weights(55) == optimizer.weights(55) and optimizer.weights(60) == (0.5, 0.9, 0.01)
+def test_adamu_schedule_is_eq_7_of_the_paper():
+    # T1, T2, T3 = 0, 50, 100 at t = 25, phi 1: period 100 - 25 * 50 / 50 = 75, 0.5 + 0.5 cos(pi / 3) = 0.75;
+    # phi 0 keeps the period at 100: 0.5 + 0.5 cos(pi / 4); at T2 with phi 1 the period is 50: cos(pi) = -1.
+    assert adamu_anneal(25, 1.0, 0, 50, 100) == pytest.approx(0.75)
+    assert adamu_anneal(25, 0.0, 0, 50, 100) == pytest.approx(0.5 + 0.5 * math.sqrt(0.5))
+    assert adamu_anneal(50, 1.0, 0, 50, 100) == pytest.approx(0.0, abs=1e-12)
+    # Warm-up until T1, continuous at T1, and the value reached at T2 holds until T3.
+    assert adamu_anneal(0, 1.0, 10, 50, 100) == adamu_anneal(10, 1.0, 10, 50, 100) == 1.0
+    assert adamu_anneal(50, 1.5, 10, 50, 100) == adamu_anneal(99, 1.5, 10, 50, 100)
+    # The paper's run (T1, T2, T3 = 1024, 16000, 20000): alpha, beta1, beta2 end at 0.010, 0.131, 0.012
+    # (cos(pi * 14976 / 16000), cos(pi * 14976 / 19600), cos(pi * 14976 / 14000), each as 0.5 + 0.5 cos).
+    finals = [adamu_anneal(16000, phi, 1024, 16000, 20000) for phi in (1.0, 0.1, 1.5)]
+    assert finals == pytest.approx([0.01007, 0.13116, 0.01194], abs=1e-5)
+
+
+def test_adamu_defaults_leave_the_warm_up_in_short_runs():
+    optimizer = ZerothOrderAdaMU([torch.nn.Parameter(torch.zeros(2))], total_steps=1000)
+    assert (optimizer.warmup_end, optimizer.anneal_end) == (51, 800)  # 1024/20000 and 0.8 of the run
+    assert optimizer.weights(50) == optimizer.weights(51) == (1.0, 1.0, 1.0)
+    alpha, beta1, beta2 = optimizer.weights(400)
+    assert beta2 < alpha < beta1 < 1  # phi 1.5, 1, 0.1: the larger phi anneals faster
+    assert optimizer.weights(800) == optimizer.weights(999) == optimizer.weights(10**6)
+    assert optimizer.weights(800) == pytest.approx((0.01007, 0.13116, 0.01194), abs=1e-3)  # same fractions
+
+
+def test_one_adamu_step_is_algorithm_1_of_the_paper():
+    # Four steps of ZO-AdaMU against the paper's Algorithm 1 written out by hand, with the momentum
+    # oriented as the reference code does (h = sign(g) m) and z drawn from the optimizer's seed stream.
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2, bias=False).double()
+    x, target = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    lr, eps, decay, seed = 0.05, 1e-3, 0.1, 5
+    optimizer = ZerothOrderAdaMU(
+        layer.parameters(),
+        lr=lr,
+        eps=eps,
+        weight_decay=decay,
+        seed=seed,
+        warmup_end=0.1,
+        anneal_end=0.5,
+        total_steps=10,
+    )
+
+    def anneal(t: int, phi: float) -> float:  # Eq. 7 with T1, T2, T3 = 1, 5, 10
+        return 1.0 if t <= 1 else 0.5 + 0.5 * math.cos(math.pi * (t - 1) / (10 - phi * (t - 1) * 5 / 4))
+
+    def loss(w):
+        return ((x @ w.T - target) ** 2).sum()
+
+    w, h, signs = layer.weight.detach().clone(), torch.zeros(2, 3, dtype=torch.float64), []
+    for t in range(4):
+        alpha, beta1, beta2 = anneal(t, 1.0), anneal(t, 0.1), anneal(t, 1.5)
+        generator = torch.Generator().manual_seed(mix_seed(seed, t, 0, 0))
+        draws = [torch.randn(2, 3, generator=generator, dtype=torch.float64) for _ in range(2)]
+        z_c, z_h = math.sqrt(alpha) * draws[0], h + math.sqrt(1 - alpha) * draws[1]
+        m = beta1 * z_c + (1 - beta1) * z_h
+        g = float(loss(w + eps * m) - loss(w - eps * m)) / (2 * eps)
+        v = beta2 * z_c**2 + (1 - beta2) * z_h**2
+        w = w - lr * (g * m / torch.sqrt(v + 1e-8) + decay * w)
+        h = math.copysign(1.0, g) * m
+        signs.append(g > 0)
+
+        optimizer.estimate(layer, lambda: ((layer(x) - target) ** 2).sum())
+        optimizer.step()
+        torch.testing.assert_close(layer.weight.detach(), w, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(optimizer.state[layer.weight]["momentum"], h, rtol=1e-9, atol=1e-12)
+    # The mixture was used, and the momentum of both signs (with seed 5, g < 0 at steps 0 and 2).
+    assert optimizer.weights(3) != (1.0, 1.0, 1.0) and signs == [False, True, False, True]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +440,7 @@ def test_an_adapter_target_changes_only_adapter_parameters(tmp_path, make_config
 
 
 def test_adamu_runs_and_differs_from_sgd(tmp_path, make_config):
-    common = {"max_steps": 12, "zo_adamu_warmup_steps": 4, "learning_rate": 5e-5}
+    common = {"max_steps": 12, "zo_adamu_warmup_end": 4, "learning_rate": 5e-5}
     sgd = train(make_config(tmp_path / "sgd", "zo", **common))
     adamu = train(make_config(tmp_path / "adamu", "zo", zo_optimizer="adamu", **common))
     assert all(math.isfinite(x) for x in losses(adamu))
@@ -437,7 +500,7 @@ class SignalAtStep(TrainerCallback):
 
 def test_adamu_resumes_to_the_same_trajectory(tmp_path, make_config):
     # The momentum buffers and the seed stream travel in optimizer.pt (the sgd row is in test_matrix).
-    common = {"zo_optimizer": "adamu", "zo_adamu_warmup_steps": 3, "learning_rate": 5e-5}
+    common = {"zo_optimizer": "adamu", "zo_adamu_warmup_end": 3, "learning_rate": 5e-5}
     straight = train(make_config(tmp_path / "straight", "zo", **common))
     config = make_config(tmp_path / "resumed", "zo", **common)
     with pytest.raises(TrainingInterrupted):
@@ -461,7 +524,8 @@ def test_adamu_resumes_to_the_same_trajectory(tmp_path, make_config):
         ({"zo_eps": "nan"}, "zo_eps: nan must be > 0"),
         ({"zo_num_queries": 0}, "zo_num_queries: 0 must be a positive integer"),
         ({"zo_optimizer": "adamu", "zo_num_queries": 2}, "zo_num_queries: 2 is not supported with zo_optimizer: adamu"),
-        ({"zo_adamu_alpha": 1.5}, "zo_adamu_alpha: 1.5 must be in [0, 1]"),
+        ({"zo_adamu_phi_beta2": 6}, "zo_adamu_phi_beta2: 6.0 must be in [0, 5) with zo_adamu_anneal_end 0.8"),
+        ({"zo_adamu_warmup_end": -1}, "zo_adamu_warmup_end: -1.0 must be a fraction in [0, 1] or a step count"),
     ],
 )
 def test_bad_zo_options_are_one_line(tmp_path, make_config, override, message):

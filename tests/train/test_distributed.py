@@ -199,6 +199,24 @@ def test_zo_ranks_stay_identical(two_ranks, make_config):
     assert any(not torch.equal(rank0[k], initial[k].detach()) for k in rank0)  # ZO moved the weights
 
 
+def test_zo_under_ddp_matches_one_process_with_the_same_global_batch(two_ranks, tmp_path, make_config):
+    # zo_ddp: 2 ranks x 8 rows a step; here one process with the same 16 rows in the same order. Both
+    # ranks draw the same z and average their projected gradients (and losses) across ranks, so each
+    # step must take one process's update on the whole batch: the same losses and weights, not just
+    # equal ranks (with each rank's loss a share of all ranks' label tokens, the average was half of it).
+    config = job_config(make_config, tmp_path, "one", "zo", learning_rate=1e-3, per_device_train_batch_size=16)
+    result = run_sft(parse_args(config))
+    logged = [json.loads(line) for line in (two_ranks / "zo_ddp" / "trainer_log.jsonl").read_text().splitlines()]
+    two = [r["loss"] for r in logged if "loss" in r]
+    one = [r["loss"] for r in result.log_history if "loss" in r]
+    assert len(two) == STEPS and two == pytest.approx(one, rel=1e-5)
+    initial = dict(load_model(parse_args(config).model).named_parameters())
+    ranks = torch.load(two_ranks / "zo_ddp.rank0.pt")
+    for name, value in result.model.named_parameters():
+        torch.testing.assert_close(ranks[name], value.detach(), rtol=0, atol=1e-5, msg=name)
+    assert max((ranks[n] - initial[n].detach()).abs().max().item() for n in ranks) > 1e-5  # it trained
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

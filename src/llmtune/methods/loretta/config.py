@@ -8,6 +8,7 @@ from llmtune.errors import ConfigError, one_of
 
 LORETTA_MODES = ("adapter", "reparam")
 LORETTA_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "identity")
+LORETTA_INITS = ("identity", "reference")
 DEFAULT_BOTTLENECK = {"adapter": 64, "reparam": 8}
 
 
@@ -18,14 +19,21 @@ class LorettaArguments:
     ``adapter`` (LoRETTA_adp) puts a bottleneck adapter ``h + up(act(down(h))) * alpha / bottleneck``
     after each target layer; ``reparam`` (LoRETTA_rep) adds ``up(down(x)) * alpha / r`` to each
     target's output, like LoRA. ``down`` and ``up`` are tensor-train matrices of rank
-    ``loretta_rank``; ``up`` starts at zero, so the model's outputs are unchanged before training.
+    ``loretta_rank``; with ``loretta_init: identity`` (the default) ``up`` starts at zero, so the
+    model's outputs are unchanged before training (the reference code starts both at random:
+    ``loretta_init: reference``).
     """
 
     loretta_mode: str = field(
         default="adapter",
         metadata={"help": "adapter (bottleneck adapters after the attention and MLP blocks) or reparam (a TT ΔW)."},
     )
-    loretta_rank: int = field(default=8, metadata={"help": "Tensor-train rank of the adapter cores."})
+    loretta_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tensor-train rank of the adapter cores (default: the paper's, 8 for loretta and 5 for adazeta)."
+        },
+    )
     loretta_bottleneck: int | None = field(
         default=None,
         metadata={"help": "adapter: the bottleneck width (default 64); reparam: the inner dimension r (default 8)."},
@@ -40,18 +48,28 @@ class LorettaArguments:
     loretta_target: str = field(
         default="auto",
         metadata={
-            "help": "Comma-separated linear layers to adapt; 'auto': adapter o_proj,down_proj (after the attention "
-            "and MLP blocks), reparam q_proj,v_proj; 'all': every linear layer but the output head."
+            "help": "Comma-separated linear layers to adapt; 'auto': the paper's placement: loretta adapter after "
+            "o_proj,down_proj (the attention and MLP blocks), reparam q_proj,v_proj; adazeta the inputs of "
+            "gate_proj,up_proj and the output of down_proj; 'all': every linear layer but the output head."
         },
     )
     loretta_input_target: str | None = field(
         default=None,
         metadata={
             "help": "adapter mode: comma-separated linear layers whose input, not output, passes through an adapter "
-            "(AdaZeta's placement: loretta_input_target gate_proj,up_proj with loretta_target down_proj)."
+            "(AdaZeta's placement, its default: loretta_input_target gate_proj,up_proj with loretta_target down_proj)."
         },
     )
     loretta_activation: str = field(default="relu", metadata={"help": "adapter mode: the bottleneck non-linearity."})
+    loretta_init: str = field(
+        default="identity",
+        metadata={
+            "choices": LORETTA_INITS,
+            "help": "How the adapters start: identity (the up/B projection is zero, so the adapted model equals the "
+            "base model until it trains; llmtune's default) or reference (every tensor-train core random and the "
+            "adapter biases uniform, as the LoRETTA/AdaZeta code initialises them: the model starts perturbed).",
+        },
+    )
     loretta_train_norms: bool = field(
         default=True,
         metadata={"help": "Also train the layer norms, as LoRETTA does (adazeta always freezes them)."},
@@ -62,6 +80,8 @@ class LorettaArguments:
             raise one_of("loretta_mode", self.loretta_mode, LORETTA_MODES)
         if self.loretta_activation not in LORETTA_ACTIVATIONS:
             raise one_of("loretta_activation", self.loretta_activation, LORETTA_ACTIVATIONS)
+        if self.loretta_init not in LORETTA_INITS:
+            raise one_of("loretta_init", self.loretta_init, LORETTA_INITS)
         for name in ("loretta_rank", "loretta_bottleneck"):
             value = getattr(self, name)
             if value is not None and not value >= 1:

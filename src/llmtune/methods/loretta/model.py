@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,17 +11,24 @@ from llmtune.errors import ConfigError
 from llmtune.methods.lora.model import linear_module_names
 
 NORM_CLASS_SUFFIXES = ("Norm", "RMSNorm", "LayerNorm")
+DEFAULT_RANK = 8  # LoRETTA's (the paper's Llama-2-7B runs); adazeta passes its own
+
+# {model type: (layers adapted on their output, layers adapted on their input)}
+Placement = Mapping[str, tuple[Sequence[str], Sequence[str]]]
 
 
 def _split(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
-def resolve_targets(model: Any, options: Any) -> tuple[list[str], list[str]]:
+def resolve_targets(model: Any, options: Any, placement: Placement | None = None) -> tuple[list[str], list[str]]:
     """``(targets, input_targets)``: the linear layers adapted on their output (or in parallel) and on their input.
 
-    ``loretta_target: auto`` is the papers' placement for the model's type; ``all`` is every linear
-    layer but the head; a name matching no linear layer is an error listing those the model has.
+    ``loretta_target: auto`` is the paper's placement for the model's type: ``placement`` (``{model
+    type: (outputs, inputs)}``) for adapters when given, as ``adazeta`` gives it, else LoRETTA's
+    (:data:`~llmtune.methods.loretta.tuner.config.DEFAULT_TARGETS`); ``loretta_input_target``, when
+    set, replaces the placement's inputs. ``all`` is every linear layer but the head; a name
+    matching no linear layer is an error listing those the model has.
     """
     from llmtune.methods.loretta.tuner.config import DEFAULT_TARGETS
 
@@ -29,7 +37,11 @@ def resolve_targets(model: Any, options: Any) -> tuple[list[str], list[str]]:
     targets = _split(options.loretta_target)
     if targets == ["auto"]:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        defaults = DEFAULT_TARGETS[options.loretta_mode].get(model_type)
+        if placement is not None and options.loretta_mode == "adapter":
+            defaults, default_inputs = placement.get(model_type, (None, None))
+            inputs = inputs or list(default_inputs or ())
+        else:
+            defaults = DEFAULT_TARGETS[options.loretta_mode].get(model_type)
         if defaults is None:
             raise ConfigError(
                 f"loretta_target: auto has no default for model_type {model_type!r}; name the layers "
@@ -63,10 +75,20 @@ def norm_module_names(model: torch.nn.Module) -> list[str]:
     )
 
 
-def build_loretta_model(model: Any, options: Any, *, train_norms: bool, adapter_path: str | None = None) -> Any:
+def build_loretta_model(
+    model: Any,
+    options: Any,
+    *,
+    train_norms: bool,
+    adapter_path: str | None = None,
+    default_rank: int = DEFAULT_RANK,
+    placement: Placement | None = None,
+) -> Any:
     """``model`` wrapped in a ``PeftModel`` with LoRETTA adapters shaped by ``options`` (:class:`LorettaArguments`).
 
-    With ``adapter_path``, that saved adapter is loaded (trainable) instead of a new one.
+    ``default_rank`` is the TT rank when ``loretta_rank`` is unset and ``placement`` where
+    ``loretta_target: auto`` puts adapters (see :func:`resolve_targets`). With ``adapter_path``,
+    that saved adapter is loaded (trainable) instead of a new one.
     """
     from peft import PeftModel, get_peft_model
 
@@ -74,14 +96,15 @@ def build_loretta_model(model: Any, options: Any, *, train_norms: bool, adapter_
 
     if adapter_path:
         return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
-    targets, inputs = resolve_targets(model, options)
+    targets, inputs = resolve_targets(model, options, placement)
     config = LorettaConfig(
         task_type="CAUSAL_LM",
         mode=options.loretta_mode,
-        tensor_rank=options.loretta_rank,
+        tensor_rank=options.loretta_rank or default_rank,
         bottleneck=options.loretta_bottleneck,
         scaling=options.scaling,
         activation=options.loretta_activation,
+        init=options.loretta_init,
         target_modules=targets,
         input_target_modules=inputs or None,
         modules_to_save=norm_module_names(model) if train_norms else None,

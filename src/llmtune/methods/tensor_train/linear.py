@@ -31,7 +31,7 @@ from llmtune.methods.tensor_train.shape import (
     tt_shape_for,
 )
 
-INITS = ("normal", "zeros")
+INITS = ("normal", "zeros", "reference")
 
 
 class TensorTrainLinear(nn.Module):
@@ -45,7 +45,10 @@ class TensorTrainLinear(nn.Module):
         bias: whether to add a bias ``b`` (``[out_features]``, zero at initialisation).
         init: ``normal``: cores drawn so that the entries of ``W`` have standard deviation ``std``;
             ``zeros``: the same but with the last core zero, so ``W = 0`` at the start while every
-            core still gets gradients once the last one moves (the "B = 0" of LoRA).
+            core still gets gradients once the last one moves (the "B = 0" of LoRA);
+            ``reference``: as the LoRETTA/AdaZeta code draws them (core ``k`` from
+            ``N(0, 1) * std**(1/d) / sqrt(r_k)``, the same variance of ``W``; the bias, if any,
+            uniform in ``+-1/sqrt(out_features)``).
         std: target standard deviation of the entries of ``W`` (default ``sqrt(1 / (in + out))``).
         max_factor: the largest mode size the automatic shape uses.
 
@@ -104,12 +107,17 @@ class TensorTrainLinear(nn.Module):
         std = math.sqrt(1.0 / (self.in_features + self.out_features)) if std is None else float(std)
         d = self.num_cores
         core_std = (std**2 / self.rank ** (d - 1)) ** (1.0 / (2 * d))
-        for core in self.cores:
-            core.normal_(0.0, core_std)
+        for k, core in enumerate(self.cores):
+            # reference: the scale moves to the bonds (1/sqrt(r) per outgoing bond); Var(W) is the same.
+            core.normal_(0.0, std ** (1.0 / d) / math.sqrt(self.ranks[k + 1]) if init == "reference" else core_std)
         if init == "zeros":
             self.cores[-1].zero_()
         if self.bias is not None:
-            self.bias.zero_()
+            if init == "reference":
+                bound = 1.0 / math.sqrt(self.out_features)
+                self.bias.uniform_(-bound, bound)
+            else:
+                self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

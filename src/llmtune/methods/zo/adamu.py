@@ -7,15 +7,17 @@ import math
 import torch
 
 from llmtune.methods.zo.optimizer import ZerothOrderSGD
+from llmtune.methods.zo.schedule import PAPER_ANNEAL_END, PAPER_PHI, PAPER_WARMUP_END, adamu_anneal, as_step, phi_limit
 
 ADAMU_EPS = 1e-8
 
 
 class ZerothOrderAdaMU(ZerothOrderSGD):
-    """ZO-AdaMU (Jiang et al., AAAI 2024, arXiv:2312.15184): the method section's equations.
+    """ZO-AdaMU (Jiang et al., AAAI 2024, arXiv:2312.15184), the paper's Algorithm 1.
 
     The perturbation mixes a zero-centred Gaussian and one centred on the previous perturbation
-    (the paper's simulated momentum and uncertainty), with a second moment that scales the step::
+    (the paper's simulated momentum and uncertainty, Eq. 4), with a second moment that scales the
+    step (Eq. 6, as Algorithm 1 line 13 and the reference code write it)::
 
         z_c ~ N(0, alpha_t),   z_h ~ N(h_{t-1}, 1 - alpha_t)          (variances)
         m_t = beta1_t * z_c + (1 - beta1_t) * z_h                        (the perturbation: w +- eps * m_t)
@@ -23,17 +25,18 @@ class ZerothOrderAdaMU(ZerothOrderSGD):
         w  <- w - lr * (g_t * m_t / sqrt(v_t + 1e-8) + weight_decay * w)
         h_t = sign(g_t) * m_t                                            (as the reference code orients it)
 
-    with ``g_t`` the SPSA projected gradient along ``m_t``. ``alpha, beta1, beta2`` are 1 for
-    ``t < warmup_steps`` (plain MeZO perturbations), follow a cosine from 1 to their final values
-    until ``anneal_end``, then stay there (:func:`adamu_weight`). Unlike the reference code the
-    schedule is a pure function of the step, the perturbation and the update use the same weights,
-    and ``h`` is kept for trainable parameters only: one float32 buffer per trainable parameter
+    with ``g_t`` the SPSA projected gradient along ``m_t``. ``alpha, beta1, beta2`` follow the
+    simulated annealing of Eq. 7 (:func:`~llmtune.methods.zo.schedule.adamu_anneal`), one ``phi`` each. Unlike the reference code
+    the schedule is a pure function of the step, the perturbation and the update use the same
+    weights, and ``h`` is kept for trainable parameters only: one buffer per trainable parameter
     (``momentum_bytes``), saved in ``state_dict()``.
 
     Args:
-        alpha, beta1, beta2: the final (post-annealing) weights; the paper's 0.5, 0.9, 0.01.
-        warmup_steps: T1. anneal_end: T2, a fraction (<= 1) of ``total_steps`` or a step count.
-        total_steps: the run's optimizer steps (needed when ``anneal_end`` is a fraction).
+        phi: ``(phi_alpha, phi_beta1, phi_beta2)`` of Eq. 7; the paper's ``(1, 0.1, 1.5)``.
+        warmup_end: T1, where the warm-up (``alpha = beta1 = beta2 = 1``, MeZO's perturbation)
+            ends: a fraction (<= 1) of ``total_steps`` or a step count (> 1).
+        anneal_end: T2, where the annealing ends and the weights hold: a fraction or a step count.
+        total_steps: T3, the run's optimizer steps (Eq. 7 depends on it).
         Other arguments as :class:`ZerothOrderSGD` (one query per step).
     """
 
@@ -45,25 +48,29 @@ class ZerothOrderAdaMU(ZerothOrderSGD):
         weight_decay: float = 0.0,
         seed: int = 0,
         max_grad_ratio: float = 50.0,
-        alpha: float = 0.5,
-        beta1: float = 0.9,
-        beta2: float = 0.01,
-        warmup_steps: int = 1024,
-        anneal_end: float = 0.8,
+        phi: tuple[float, float, float] = PAPER_PHI,
+        warmup_end: float = PAPER_WARMUP_END,
+        anneal_end: float = PAPER_ANNEAL_END,
         total_steps: int | None = None,
     ):
         super().__init__(params, lr, eps, weight_decay, 1, seed, max_grad_ratio)
-        if anneal_end <= 1:
-            if not total_steps or total_steps <= 0:
-                raise ValueError("anneal_end as a fraction needs total_steps")
-            anneal_end = anneal_end * total_steps
-        self.finals = (float(alpha), float(beta1), float(beta2))
-        self.warmup_steps = int(warmup_steps)
-        self.anneal_end = int(round(anneal_end))
+        if not total_steps or total_steps <= 0:
+            raise ValueError(f"total_steps: {total_steps} must be a positive step count (Eq. 7 depends on it)")
+        self.total_steps = int(total_steps)
+        self.warmup_end = as_step(warmup_end, self.total_steps)
+        self.anneal_end = max(as_step(anneal_end, self.total_steps), self.warmup_end)
+        self.phi = tuple(float(p) for p in phi)
+        limit = phi_limit(min(self.anneal_end / self.total_steps, 1.0))
+        for name, value in zip(("alpha", "beta1", "beta2"), self.phi, strict=True):
+            if not 0 <= value < limit:
+                raise ValueError(
+                    f"phi of {name}: {value} must be in [0, {limit:.4g}) when the annealing ends at step "
+                    f"{self.anneal_end} of {self.total_steps} (Eq. 7's period must stay positive)"
+                )
 
     def weights(self, step: int) -> tuple[float, float, float]:
-        """``(alpha, beta1, beta2)`` at optimizer step ``step``."""
-        return tuple(adamu_weight(step, final, self.warmup_steps, self.anneal_end) for final in self.finals)
+        """``(alpha, beta1, beta2)`` at optimizer step ``step`` (0-based, as the reference's ``global_step``)."""
+        return tuple(adamu_anneal(step, p, self.warmup_end, self.anneal_end, self.total_steps) for p in self.phi)
 
     @property
     def momentum_bytes(self) -> int:
@@ -95,14 +102,3 @@ class ZerothOrderAdaMU(ZerothOrderSGD):
             update.add_(param, alpha=weight_decay)
         param.add_(update, alpha=-lr)
         self.state[param]["momentum"].copy_(momentum).mul_(math.copysign(1.0, projected))
-
-
-def adamu_weight(step: int, final: float, warmup_steps: int, anneal_end: int) -> float:
-    """ZO-AdaMU's simulated annealing of a weight: 1 before ``warmup_steps``, a cosine from 1 down to
-    ``final`` until ``anneal_end``, then ``final``."""
-    if step < warmup_steps:
-        return 1.0
-    if step >= anneal_end:
-        return final
-    progress = (step - warmup_steps) / (anneal_end - warmup_steps)
-    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmtune.errors import ConfigError, one_of
+from llmtune.methods.zo.schedule import PAPER_ANNEAL_END, PAPER_PHI, PAPER_WARMUP_END, phi_limit
 
 ZO_TARGETS = ("full", "lora", "prefix")
 ZO_OPTIMIZERS = ("sgd", "adamu")
@@ -63,25 +64,33 @@ class ZerothOrderArguments:
     zo_max_new_tokens: int = field(
         default=32, metadata={"help": "zo_objective: f1: tokens generated per answer (greedy)."}
     )
-    zo_adamu_alpha: float = field(
-        default=0.5,
-        metadata={"help": "adamu: final uncertainty weight alpha (variance of the zero-centred perturbation)."},
+    zo_adamu_phi_alpha: float = field(
+        default=PAPER_PHI[0],
+        metadata={
+            "help": "adamu: phi of the uncertainty alpha in the annealing of Eq. 7 (the paper's 1; a larger phi "
+            "anneals faster and lower)."
+        },
     )
-    zo_adamu_beta1: float = field(
-        default=0.9, metadata={"help": "adamu: final weight beta1 of the zero-centred part of the perturbation."}
+    zo_adamu_phi_beta1: float = field(
+        default=PAPER_PHI[1], metadata={"help": "adamu: phi of the momentum weight beta1 in Eq. 7 (the paper's 0.1)."}
     )
-    zo_adamu_beta2: float = field(
-        default=0.01, metadata={"help": "adamu: final weight beta2 of the zero-centred part of the second moment."}
+    zo_adamu_phi_beta2: float = field(
+        default=PAPER_PHI[2],
+        metadata={"help": "adamu: phi of the second-moment weight beta2 in Eq. 7 (the paper's 1.5)."},
     )
-    zo_adamu_warmup_steps: int = field(
-        default=1024,
-        metadata={"help": "adamu: steps T1 with alpha = beta1 = beta2 = 1 before the cosine annealing starts."},
+    zo_adamu_warmup_end: float = field(
+        default=PAPER_WARMUP_END,
+        metadata={
+            "help": "adamu: step T1 where the warm-up (alpha = beta1 = beta2 = 1: MeZO's perturbation) ends and the "
+            "annealing starts: a fraction of the training steps (<= 1; 0.0512 is the paper's 1024 of 20,000) "
+            "or a step count (> 1)."
+        },
     )
     zo_adamu_anneal_end: float = field(
-        default=0.8,
+        default=PAPER_ANNEAL_END,
         metadata={
-            "help": "adamu: step T2 where annealing ends and the final weights hold: a fraction of the training "
-            "steps (<= 1) or a step count (> 1)."
+            "help": "adamu: step T2 where the annealing ends and the weights hold: a fraction of the training "
+            "steps (<= 1; the paper's 0.8) or a step count (> 1)."
         },
     )
 
@@ -97,18 +106,30 @@ class ZerothOrderArguments:
         for name in ("zo_num_queries", "zo_prefix_tokens", "zo_max_skips", "zo_max_new_tokens"):
             _check(getattr(self, name) >= 1, f"{name}: {getattr(self, name)} must be a positive integer")
         _check(self.zo_max_grad_ratio >= 0, f"zo_max_grad_ratio: {self.zo_max_grad_ratio} must be >= 0 (0: never)")
-        for name in ("zo_adamu_alpha", "zo_adamu_beta1", "zo_adamu_beta2"):
-            _check(0 <= getattr(self, name) <= 1, f"{name}: {getattr(self, name)} must be in [0, 1]")
-        _check(self.zo_adamu_warmup_steps >= 0, f"zo_adamu_warmup_steps: {self.zo_adamu_warmup_steps} must be >= 0")
-        _check(
-            0 < self.zo_adamu_anneal_end < float("inf"),
-            f"zo_adamu_anneal_end: {self.zo_adamu_anneal_end} must be a fraction in (0, 1] or a step count",
-        )
+        for name in ("zo_adamu_warmup_end", "zo_adamu_anneal_end"):
+            value = getattr(self, name)
+            _check(0 <= value < float("inf"), f"{name}: {value} must be a fraction in [0, 1] or a step count")
+        # Eq. 7's period must stay positive; with T2 a step count that depends on the run's length (checked then).
+        limit = phi_limit(self.zo_adamu_anneal_end) if self.zo_adamu_anneal_end <= 1 else float("inf")
+        for name in ("zo_adamu_phi_alpha", "zo_adamu_phi_beta1", "zo_adamu_phi_beta2"):
+            value = getattr(self, name)
+            _check(
+                0 <= value < limit,
+                f"{name}: {value} must be in [0, {limit:.4g}) with zo_adamu_anneal_end {self.zo_adamu_anneal_end}",
+            )
         if self.zo_optimizer == "adamu" and self.zo_num_queries != 1:
             raise ConfigError(
                 f"zo_num_queries: {self.zo_num_queries} is not supported with zo_optimizer: adamu "
                 "(its momentum follows one perturbation per step); use 1 or zo_optimizer: sgd"
             )
+
+    def adamu_options(self) -> dict:
+        """The keyword arguments of :class:`~llmtune.methods.zo.adamu.ZerothOrderAdaMU` these options set."""
+        return {
+            "phi": (self.zo_adamu_phi_alpha, self.zo_adamu_phi_beta1, self.zo_adamu_phi_beta2),
+            "warmup_end": self.zo_adamu_warmup_end,
+            "anneal_end": self.zo_adamu_anneal_end,
+        }
 
 
 def _check(condition: bool, message: str) -> None:

@@ -82,6 +82,10 @@ class ZerothOrderTrainer(LlmtuneTrainer):
             self.model_accepts_loss_kwargs and num_items_in_batch is not None
         )
         share = 1.0 if scaled_by_tokens else 1.0 / self.current_gradient_accumulation_steps
+        if scaled_by_tokens and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts every process's tokens and step() averages the processes' estimates:
+            # scale by the process count, as HF's compute_loss does before DDP averages gradients.
+            share *= self.accelerator.num_processes
 
         def objective() -> torch.Tensor:
             with self.compute_loss_context_manager():
@@ -123,16 +127,7 @@ def build_optimizer(
     """The optimizer ``zo_optimizer`` names, with the ``zo_*`` options."""
     common = {"lr": lr, "eps": zo.zo_eps, "seed": seed, "max_grad_ratio": zo.zo_max_grad_ratio}
     if zo.zo_optimizer == "adamu":
-        return ZerothOrderAdaMU(
-            params,
-            **common,
-            alpha=zo.zo_adamu_alpha,
-            beta1=zo.zo_adamu_beta1,
-            beta2=zo.zo_adamu_beta2,
-            warmup_steps=zo.zo_adamu_warmup_steps,
-            anneal_end=zo.zo_adamu_anneal_end,
-            total_steps=total_steps,
-        )
+        return ZerothOrderAdaMU(params, **common, **zo.adamu_options(), total_steps=total_steps)
     return ZerothOrderSGD(params, **common, num_queries=zo.zo_num_queries)
 
 

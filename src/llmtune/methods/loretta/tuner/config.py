@@ -11,6 +11,7 @@ from llmtune.methods.tensor_train.shape import DEFAULT_MAX_FACTOR
 
 MODES = ("adapter", "reparam")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "identity")
+INITS = ("identity", "reference")
 
 # Where each mode goes when no target is named. adapter: the last linear layer of the attention
 # block and of the MLP block (the adapter sits on their outputs, i.e. "after" each block);
@@ -19,6 +20,13 @@ _LLAMA_LIKE = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2
 DEFAULT_TARGETS = {
     "adapter": {**{t: ["o_proj", "down_proj"] for t in _LLAMA_LIKE}, "opt": ["out_proj", "fc2"]},
     "reparam": {**{t: ["q_proj", "v_proj"] for t in _LLAMA_LIKE}, "opt": ["q_proj", "v_proj"]},
+}
+# The reference code's LoRETTA_adp placement, which AdaZeta uses (loretta_adp.py's adapter-type table:
+# "mh_adapter" on the input of the MLP's up-projections, "output_adapter" on its down-projection):
+# {model type: (layers adapted on their output, layers adapted on their input)}.
+REFERENCE_ADAPTER_PLACEMENT = {
+    **{t: (["down_proj"], ["gate_proj", "up_proj"]) for t in _LLAMA_LIKE},
+    "opt": (["fc2"], ["fc1"]),
 }
 
 
@@ -30,8 +38,10 @@ class LorettaConfig(PeftConfig):
     on the output ``h`` of each ``target_modules`` layer (on its input for ``input_target_modules``);
     ``mode: reparam`` (LoRETTA_rep) adds ``scaling * up(down(x))`` to each target's output, a
     LoRA-style update ``W + scaling * (down @ up)^T`` that can be merged. ``down`` and ``up`` are
-    :class:`~llmtune.methods.tensor_train.TensorTrainLinear` of TT rank ``tensor_rank``; ``up`` is
-    zero at initialisation, so an inserted adapter leaves the model's outputs unchanged.
+    :class:`~llmtune.methods.tensor_train.TensorTrainLinear` of TT rank ``tensor_rank``. With
+    ``init: identity`` ``up`` is zero at initialisation, so an inserted adapter leaves the model's
+    outputs unchanged; ``init: reference`` draws every core and bias as the reference code does,
+    so the adapted model starts away from the base model.
     """
 
     mode: str = field(default="adapter", metadata={"help": "adapter (LoRETTA_adp) or reparam (LoRETTA_rep)."})
@@ -42,6 +52,10 @@ class LorettaConfig(PeftConfig):
     scaling: float = field(default=1.0, metadata={"help": "Multiplier of the adapter's output (reparam: alpha / r)."})
     activation: str = field(default="relu", metadata={"help": "adapter: the bottleneck non-linearity."})
     adapter_bias: bool = field(default=True, metadata={"help": "adapter: biases in the down and up projections."})
+    init: str = field(
+        default="identity",
+        metadata={"help": "identity (up starts at zero: the adapter is an identity) or reference (all random)."},
+    )
     max_factor: int = field(
         default=DEFAULT_MAX_FACTOR, metadata={"help": "Largest TT mode size when shapes are chosen automatically."}
     )
@@ -64,6 +78,8 @@ class LorettaConfig(PeftConfig):
             raise ValueError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.init not in INITS:
+            raise ValueError(f"init: {self.init!r} is not one of {', '.join(INITS)}")
         for name in ("tensor_rank", "bottleneck"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: {getattr(self, name)} must be a positive integer")

@@ -48,15 +48,18 @@ class LorettaLayer(BaseTunerLayer):
     def update_layer(self, adapter_name: str, placement: str, config: LorettaConfig) -> None:
         """Add adapter ``adapter_name`` at ``placement`` with the shapes ``config`` asks for."""
         rank, width, factor = config.tensor_rank, config.bottleneck, config.max_factor
+        # identity: up starts at zero (the adapter adds nothing until it trains); reference: the
+        # reference code's random cores and biases for both, so the model starts perturbed.
+        down_init, up_init = ("normal", "zeros") if config.init == "identity" else ("reference", "reference")
         if placement == "parallel":  # reparam: x -> r -> out, no activation, no bias
-            down = TensorTrainLinear(self.in_features, width, rank, max_factor=factor)
-            up = TensorTrainLinear(width, self.out_features, rank, init="zeros", max_factor=factor)
+            down = TensorTrainLinear(self.in_features, width, rank, init=down_init, max_factor=factor)
+            up = TensorTrainLinear(width, self.out_features, rank, init=up_init, max_factor=factor)
             activation = "identity"
         else:
             features = self.in_features if placement == "input" else self.out_features
             bias = config.adapter_bias
-            down = TensorTrainLinear(features, width, rank, bias=bias, max_factor=factor)
-            up = TensorTrainLinear(width, features, rank, bias=bias, init="zeros", max_factor=factor)
+            down = TensorTrainLinear(features, width, rank, bias=bias, init=down_init, max_factor=factor)
+            up = TensorTrainLinear(width, features, rank, bias=bias, init=up_init, max_factor=factor)
             activation = config.activation
         self.loretta_down[adapter_name] = down
         self.loretta_up[adapter_name] = up
