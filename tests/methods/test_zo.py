@@ -537,3 +537,29 @@ def test_bad_zo_options_are_one_line(tmp_path, make_config, override, message):
 def test_dora_is_refused_with_zo_lora(tmp_path, make_config):
     with pytest.raises(ConfigError, match="use_dora: true is not supported with zo_target: lora"):
         train(make_config(tmp_path / "out", "zo", zo_target="lora", use_dora=True))
+
+
+def test_the_loss_trend_guard_sees_a_slow_climb_but_not_noise():
+    import random
+
+    from llmtune.methods.zo.trainer import LossTrend
+
+    climbing = LossTrend(factor=2.0, window=20)
+    losses = [4.0 + 0.05 * step for step in range(200)]  # +0.05 a step: no single step is outsized
+    stopped = next(step for step, loss in enumerate(losses) if climbing.update(loss))
+    # the start is the first 20 losses' mean, 4.475; the average lags a steady climb by (1 - a) / a = 9.5 steps
+    # (a = 2 / 21), so it passes 2 x 4.475 = 8.95 when 4 + 0.05 (step - 9.5) does: step 108.5
+    assert stopped == 109
+    noisy, rng = LossTrend(factor=2.0, window=20), random.Random(0)
+    assert not any(noisy.update(0.7 + rng.uniform(-0.5, 0.5)) for _ in range(2000))
+    assert not any(LossTrend(factor=0.0).update(10.0**step) for step in range(50))  # 0: never
+
+
+def test_a_climbing_zo_run_stops_with_a_hint(tmp_path, make_config):
+    from llmtune.errors import NumericalError
+    from llmtune.hparams import parse_args
+    from llmtune.train.run import run_sft
+
+    config = make_config(tmp_path / "out", "zo", learning_rate=3e-2, max_steps=400, zo_max_grad_ratio=0.0)
+    with pytest.raises(NumericalError, match=r"the loss is climbing.*Lower learning_rate \(now 0.03\)"):
+        run_sft(parse_args(config))

@@ -61,6 +61,13 @@ class ZerothOrderArguments:
         default=5,
         metadata={"help": "Skipped updates in a row that stop the run (with stop_on_nan) instead of training on."},
     )
+    zo_divergence_factor: float = field(
+        default=2.0,
+        metadata={
+            "help": "Stop the run (with stop_on_nan) when the smoothed loss climbs above this many times its value "
+            "over the first 20 steps: the learning rate is too high (0: never; zo_objective: loss only)."
+        },
+    )
     zo_max_new_tokens: int = field(
         default=32, metadata={"help": "zo_objective: f1: tokens generated per answer (greedy)."}
     )
@@ -106,6 +113,10 @@ class ZerothOrderArguments:
         for name in ("zo_num_queries", "zo_prefix_tokens", "zo_max_skips", "zo_max_new_tokens"):
             _check(getattr(self, name) >= 1, f"{name}: {getattr(self, name)} must be a positive integer")
         _check(self.zo_max_grad_ratio >= 0, f"zo_max_grad_ratio: {self.zo_max_grad_ratio} must be >= 0 (0: never)")
+        _check(
+            self.zo_divergence_factor == 0 or self.zo_divergence_factor > 1,
+            f"zo_divergence_factor: {self.zo_divergence_factor} must be > 1 (0: never)",
+        )
         for name in ("zo_adamu_warmup_end", "zo_adamu_anneal_end"):
             value = getattr(self, name)
             _check(0 <= value < float("inf"), f"{name}: {value} must be a fraction in [0, 1] or a step count")
