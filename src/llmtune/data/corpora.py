@@ -78,14 +78,16 @@ def _rank(row: dict) -> str:
 
 def split_tweets(rows: list[dict], test_per_class: int = TEST_PER_CLASS) -> dict[str, list[dict]]:
     """``{"train": pool, "eval": test}``: the ``test_per_class`` rows of each class with the smallest text
-    hash form the test split (balanced, fixed); the rest, in file order, is the training pool."""
-    test_ids: set[int] = set()
+    hash form the test split (balanced, fixed), negative and positive in turn by hash, so that its first
+    ``2n`` rows (``max_samples``) hold ``n`` of each class; the rest, in file order, is the training pool."""
+    chosen = []
     for label in ("negative", "positive"):
         of_class = sorted((i for i, r in enumerate(rows) if r["label"] == label), key=lambda i: _rank(rows[i]))
-        test_ids.update(of_class[:test_per_class])
+        chosen.append(of_class[:test_per_class])
+    test_ids = {i for ids in chosen for i in ids}
     return {
         "train": [r for i, r in enumerate(rows) if i not in test_ids],
-        "eval": [r for i, r in enumerate(rows) if i in test_ids],
+        "eval": [rows[i] for pair in zip(*chosen, strict=True) for i in pair],
     }
 
 
