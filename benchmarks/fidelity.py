@@ -230,6 +230,7 @@ def run_train(job: dict) -> dict:
         "report_to": "none",
         "disable_tqdm": True,
         "plot_loss": False,
+        "gradient_checkpointing": False,  # every row alike: memory and time without recomputation
     }
     run_args = parse_args(config)
     callback = Curve()
