@@ -27,7 +27,8 @@ from pathlib import Path
 from benchmarks.configs import CONFIGS, MODELS, SUITES
 
 REPO = Path(__file__).resolve().parents[1]
-LF_DEMO_DATA = Path("/work/shared/data/llamafactory")  # LLaMA-Factory's demo sets (alpaca_en_demo, identity)
+# LLaMA-Factory's demo sets (alpaca_en_demo, identity), in the test data shared next to the repository
+LF_DEMO_DATA = REPO.parent / "shared" / "data" / "llamafactory"
 
 
 def cache_dir() -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -20,6 +21,9 @@ import pytest  # noqa: E402
 
 pytest_plugins = ["pytester"]  # tests/test_ci_skips.py runs small pytest sessions with this file's hooks
 
+REPO = Path(__file__).resolve().parents[1]
+# Test data shared by every checkout, next to the repository (CI puts it there too).
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 # The only skips CI keeps: the machine lacks (or has) the hardware a test is about. A skip reason
 # must contain one of these phrases to stay a skip under CI=true.
@@ -83,6 +87,58 @@ def require_module(name: str, install: str):
 def bnb():
     """The ``bitsandbytes`` module (see :func:`require_module`: installed but broken fails the test)."""
     return require_module("bitsandbytes", "pip install bitsandbytes; in the dev extra")
+
+
+def shared_folder(name: str, marker: str) -> Path:
+    """``<repo>/../shared/data/<name>``, the test data every checkout shares; skipped (failed under CI=true)
+    when its ``marker`` file is missing."""
+    folder = SHARED_DATA / name
+    if not (folder / marker).is_file():
+        pytest.skip(f"needs the shared test data <repo>/../shared/data/{name} ({folder / marker} is missing)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llamafactory_data() -> Path:
+    """LLaMA-Factory's ``data`` folder: its dataset_info.json and demo sets (alpaca_en_demo, identity, ...)."""
+    return shared_folder("llamafactory", "dataset_info.json")
+
+
+@pytest.fixture(scope="session")
+def shared_mt_bench() -> Path:
+    """FastChat's MT-bench files (question.jsonl, reference answers)."""
+    return shared_folder("mt_bench", "question.jsonl")
+
+
+def tiny_config(output_dir, finetuning_type: str = "lora", **overrides) -> dict:
+    """A config for a few seconds of training of the embedded tiny model on the demo data."""
+    config = {
+        "model_name_or_path": "llmtune/tiny-llama",
+        "stage": "sft",
+        "finetuning_type": finetuning_type,
+        "dataset": "demo_alpaca",
+        "template": "default",
+        "cutoff_len": 64,
+        "max_samples": 160,
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": 8,
+        "learning_rate": {"full": 3e-3, "lora": 1e-2}.get(finetuning_type, 1e-3),
+        "max_steps": 20,
+        "logging_steps": 1,
+        "save_steps": 10,
+        "lr_scheduler_type": "constant",
+        "seed": 0,
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def make_config():
+    """``make_config(output_dir, finetuning_type, **overrides)`` -> a tiny training config dict."""
+    return tiny_config
 
 
 @pytest.fixture(scope="session")

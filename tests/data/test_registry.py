@@ -13,7 +13,6 @@ from llmtune.errors import ConfigError, DataError, DataFileNotFoundError
 from llmtune.hparams.data_args import DataArguments
 
 REPO_DATA = Path(llmtune.__file__).parents[2] / "data"
-LLAMAFACTORY_DATA = Path("/work/shared/data/llamafactory")
 
 
 def _registry(tmp_path: Path, entries: dict) -> Path:
@@ -137,10 +136,8 @@ def test_shipped_registry_has_the_demo_and_hub_datasets() -> None:
     assert all(attr.unsupported is None for attr in registry.values())
 
 
-def test_llamafactory_registry_loads() -> None:
-    if not (LLAMAFACTORY_DATA / "dataset_info.json").is_file():
-        pytest.skip(f"LLaMA-Factory's dataset_info.json is not at {LLAMAFACTORY_DATA}")
-    registry = load_registry(LLAMAFACTORY_DATA)
+def test_llamafactory_registry_loads(llamafactory_data: Path) -> None:
+    registry = load_registry(llamafactory_data)
     assert len(registry) > 50
     assert registry["alpaca_en_demo"].file_name == "alpaca_en_demo.json"
     assert registry["dpo_en_demo"].unsupported  # ranking: true
