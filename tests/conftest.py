@@ -99,6 +99,12 @@ def shared_folder(name: str, marker: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def badam():
+    """The ``badam`` package, BAdam's reference implementation (see :func:`require_module`)."""
+    return require_module("badam", "pip install badam; in the dev extra")
+
+
+@pytest.fixture(scope="session")
 def llamafactory_data() -> Path:
     """LLaMA-Factory's ``data`` folder: its dataset_info.json and demo sets (alpaca_en_demo, identity, ...)."""
     return shared_folder("llamafactory", "dataset_info.json")
