@@ -133,6 +133,8 @@ def job_config(
         "overwrite_output_dir": True,
         "per_device_train_batch_size": suite["batch"],
         "gradient_accumulation_steps": 1,
+        # off for every runner (llmtune, TRL's SFTTrainer, LLaMA-Factory), which all default to it on
+        "gradient_checkpointing": False,
         "learning_rate": config["lr"] or 1e-5,
         "max_steps": steps,
         "logging_steps": 1,
