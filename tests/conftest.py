@@ -35,7 +35,7 @@ HARDWARE_SKIP_REASONS = (
 
 
 def in_ci() -> bool:
-    """Whether this run is CI's (``CI=true``, as GitHub Actions and ``.ci/run``'s callers set it)."""
+    """Whether this is a CI run: ``CI=true`` (GitHub Actions sets it; ``.ci/run`` expects it from its caller)."""
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
