@@ -105,8 +105,8 @@ def lf_yaml(job: dict) -> dict:
         "report_to": "none",
         "include_num_input_tokens_seen": True,
         "disable_tqdm": True,
-        # LLaMA-Factory turns gradient checkpointing on unless told not to; llmtune leaves it off by default
-        "disable_gradient_checkpointing": not c.get("gradient_checkpointing", False),
+        # LLaMA-Factory turns gradient checkpointing on unless told not to; the benchmarks run it off
+        "disable_gradient_checkpointing": not c["gradient_checkpointing"],
     }
     if c["finetuning_type"] == "lora":
         out.update({"lora_rank": c["lora_rank"], "lora_alpha": c["lora_alpha"], "lora_target": c["lora_target"]})

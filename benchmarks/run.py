@@ -28,7 +28,8 @@ from pathlib import Path
 from benchmarks.configs import CONFIGS, MODELS, SUITES
 
 REPO = Path(__file__).resolve().parents[1]
-LF_DEMO_DATA = Path("/work/shared/data/llamafactory")  # LLaMA-Factory's demo sets (alpaca_en_demo, identity)
+# LLaMA-Factory's demo sets (alpaca_en_demo, identity), in the test data shared next to the repository
+LF_DEMO_DATA = REPO.parent / "shared" / "data" / "llamafactory"
 
 
 def cache_dir() -> Path:
@@ -133,6 +134,8 @@ def job_config(
         "overwrite_output_dir": True,
         "per_device_train_batch_size": suite["batch"],
         "gradient_accumulation_steps": 1,
+        # off for every runner (llmtune, TRL's SFTTrainer, LLaMA-Factory), which all default to it on
+        "gradient_checkpointing": False,
         "learning_rate": config["lr"] or 1e-5,
         "max_steps": steps,
         "logging_steps": 1,

@@ -10,7 +10,6 @@ from llmtune.cli import main
 from llmtune.hparams import parse_args
 from llmtune.model import load_model
 
-bnb = pytest.importorskip("bitsandbytes")
 BASE = "llmtune/tiny-llama"
 
 
@@ -33,7 +32,7 @@ def qlora_adapter(tmp_path_factory, bnb_logits):
     return folder, ids, bnb_logits(model, ids)
 
 
-def test_exported_model_computes_what_base_and_adapter_computed(qlora_adapter, tmp_path, capsys, bnb_logits):
+def test_exported_model_computes_what_base_and_adapter_computed(qlora_adapter, tmp_path, capsys, bnb_logits, bnb):
     from transformers import AutoModelForCausalLM
 
     adapter, ids, expected = qlora_adapter

@@ -1,3 +1,7 @@
 """llmtune: fine-tune large language models on the hardware you have."""
 
+from llmtune.logs import drop_foreign_notices
+
 __version__ = "0.1.0"
+
+drop_foreign_notices()  # before bitsandbytes or DeepSpeed is imported (through transformers, peft, ...)

@@ -44,17 +44,7 @@ def _setup_logging() -> None:
     logging.basicConfig(format="[llmtune] %(message)s", level=getattr(logging, level, logging.INFO))
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # bitsandbytes warns on import, in every CPU run, that an optional hub kernel for 4-bit matmuls is
-    # missing; it falls back to its own kernel, and a run without quantisation never uses either.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    # DeepSpeed, when installed, is imported by transformers in every run and prints on stdout that it
-    # found no GPU; llmtune already says which device trains. Its logger resets its own level, so a filter.
-    logging.getLogger("DeepSpeed").addFilter(_NoCpuAcceleratorNotice())
-
-
-class _NoCpuAcceleratorNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Setting accelerator to CPU")
+    # Other libraries' import-time notices are dropped on `import llmtune` (llmtune.logs).
 
 
 def cmd_env() -> int:

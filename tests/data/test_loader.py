@@ -16,7 +16,6 @@ from llmtune.errors import ConfigError, DataError
 from llmtune.hparams.data_args import DataArguments
 
 REPO_DATA = Path(llmtune.__file__).parents[2] / "data"
-LLAMAFACTORY_DATA = Path("/work/shared/data/llamafactory")
 ALPACA = {"a": {"file_name": "a.json"}}
 SHAREGPT = {"s": {"file_name": "s.json", "formatting": "sharegpt"}}
 
@@ -195,12 +194,10 @@ def test_shipped_demo_datasets_load() -> None:
     assert not report.skipped
 
 
-def test_llamafactory_demo_files_load_with_their_registry() -> None:
-    if not (LLAMAFACTORY_DATA / "alpaca_en_demo.json").is_file():
-        pytest.skip(f"LLaMA-Factory's demo data is not at {LLAMAFACTORY_DATA}")
-    loaded = load_conversations(DataArguments(dataset="alpaca_en_demo,identity", dataset_dir=str(LLAMAFACTORY_DATA)))
+def test_llamafactory_demo_files_load_with_their_registry(llamafactory_data: Path) -> None:
+    loaded = load_conversations(DataArguments(dataset="alpaca_en_demo,identity", dataset_dir=str(llamafactory_data)))
     counts = {d.name: d.rows for d in loaded.report.datasets}
-    raw = {name: len(json.loads((LLAMAFACTORY_DATA / f"{name}.json").read_text())) for name in counts}
+    raw = {name: len(json.loads((llamafactory_data / f"{name}.json").read_text())) for name in counts}
     assert counts == raw  # every row of LLaMA-Factory's own demo data is valid
     first = loaded.train[0]["messages"]
     assert first[0]["content"] == "Describe a process of making crepes."

@@ -9,11 +9,11 @@ import pytest
 
 import llmtune
 from llmtune.data import DatasetAttr, check_datasets, load_registry, resolve_dataset_dir
+from llmtune.data.loader import load_conversations
 from llmtune.errors import ConfigError, DataError, DataFileNotFoundError
 from llmtune.hparams.data_args import DataArguments
 
 REPO_DATA = Path(llmtune.__file__).parents[2] / "data"
-LLAMAFACTORY_DATA = Path("/work/shared/data/llamafactory")
 
 
 def _registry(tmp_path: Path, entries: dict) -> Path:
@@ -99,8 +99,25 @@ def test_unknown_dataset_lists_names_and_suggests(tmp_path: Path) -> None:
 
 
 def test_missing_registry_file(tmp_path: Path) -> None:
-    with pytest.raises(DataFileNotFoundError, match="no dataset_info.json"):
+    with pytest.raises(DataFileNotFoundError) as caught:
         load_registry(tmp_path)
+    assert str(caught.value) == (
+        f"dataset_dir: '{tmp_path}' has neither dataset_info.json nor tasks.json; "
+        "one of them must list the datasets (or tasks) by name"
+    )
+
+
+def test_a_folder_with_only_tasks_json_trains_on_its_tasks(tmp_path: Path) -> None:
+    rows = [{"text": f"row {i}", "gold": i % 2} for i in range(6)]
+    (tmp_path / "mine.jsonl").write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
+    task = {"kind": "choice", "prompt": "{text} is", "options": [" odd", " even"], "label": "gold"}
+    task["file_name"] = {"train": "mine.jsonl", "eval": "mine.jsonl"}
+    (tmp_path / "tasks.json").write_text(json.dumps({"mine": task}), encoding="utf-8")
+    assert load_registry(tmp_path) == {}  # no datasets of its own, only tasks
+    loaded = load_conversations(DataArguments(dataset="mine", dataset_dir=str(tmp_path), template="default"))
+    assert [c["messages"][1]["content"] for c in loaded.train] == ["odd", "even"] * 3
+    assert loaded.train[1]["messages"][0]["content"] == "row 1 is"
+    assert [(d.name, d.rows) for d in loaded.report.datasets] == [("mine", 6)]
 
 
 def test_malformed_registry_reports_line_and_column(tmp_path: Path) -> None:
@@ -137,10 +154,8 @@ def test_shipped_registry_has_the_demo_and_hub_datasets() -> None:
     assert all(attr.unsupported is None for attr in registry.values())
 
 
-def test_llamafactory_registry_loads() -> None:
-    if not (LLAMAFACTORY_DATA / "dataset_info.json").is_file():
-        pytest.skip(f"LLaMA-Factory's dataset_info.json is not at {LLAMAFACTORY_DATA}")
-    registry = load_registry(LLAMAFACTORY_DATA)
+def test_llamafactory_registry_loads(llamafactory_data: Path) -> None:
+    registry = load_registry(llamafactory_data)
     assert len(registry) > 50
     assert registry["alpaca_en_demo"].file_name == "alpaca_en_demo.json"
     assert registry["dpo_en_demo"].unsupported  # ranking: true

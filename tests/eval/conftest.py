@@ -18,7 +18,6 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 SAMPLE_MT_BENCH = HERE / "data" / "mt_bench"
-SHARED_MT_BENCH = HERE.parents[2] / "shared" / "data" / "mt_bench"  # /work/shared/data/mt_bench next to the repo
 
 # question marker -> rating the default script gives (turn 1: Qn, turn 2: Qnb)
 RATINGS = {"Q1": 8, "Q1b": 6, "Q2": 4, "Q2b": 5, "Q3": 9, "Q3b": 7, "Q4": 3, "Q4b": 2}
@@ -110,11 +109,3 @@ def dead_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture(scope="session")
-def shared_mt_bench() -> Path:
-    """FastChat's MT-bench files in ../shared/data/mt_bench; the test is skipped, saying why, without them."""
-    if not (SHARED_MT_BENCH / "question.jsonl").is_file():
-        pytest.skip(f"MT-bench data not found at {SHARED_MT_BENCH} (optional: the tests use tests/eval/data otherwise)")
-    return SHARED_MT_BENCH

@@ -74,6 +74,16 @@ def test_full_model_runs_and_unfinished_runs(tmp_path: Path) -> None:
         load_eval_arguments([str(fake_run(tmp_path / "unfinished", kind="none")), "--task", "demo_sst2"])
 
 
+@pytest.mark.parametrize("name", ["saves/no_such_run", "no_such_eval.yaml"])
+def test_a_path_that_does_not_exist_is_no_run_or_config(tmp_path: Path, capsys, name: str) -> None:
+    path = tmp_path / name
+    assert main(["eval", str(path), "--task", "demo_sst2"]) == 2
+    assert capsys.readouterr().err == (
+        f"llmtune: error: no run or config at '{path}': give a training run's output_dir "
+        "(with training_args.yaml) or an eval config file (.yaml)\n"
+    )
+
+
 def test_compare_takes_several_folders() -> None:
     assert gather_compare(["--compare", "a", "b", "--output_dir", "o"]) == ["--compare", "a,b", "--output_dir", "o"]
     run = load_eval_arguments(["--task", "mt_bench", "--compare", "runs/a", "runs/b"])

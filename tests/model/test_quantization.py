@@ -17,7 +17,6 @@ from llmtune.model import load_model
 from llmtune.model.quantization import adam_8bit_state_bytes, quantized_bytes_per_weight
 from llmtune.train.estimate import estimate_memory
 
-bnb = pytest.importorskip("bitsandbytes")
 ROOT = Path(__file__).resolve().parents[2]
 QLORA_EXAMPLES = sorted((ROOT / "examples" / "train_qlora").glob("*.yaml"))
 
@@ -27,14 +26,15 @@ def fresh_bnb_overrides():
     """bitsandbytes keeps optimizer overrides (the Trainer's 32-bit embeddings) in a process-wide manager
     keyed by parameter id and position; an earlier training in the same pytest process would leak them
     into these tests (one process trains once in real use)."""
-    bnb.optim.GlobalOptimManager.get_instance().initialize()
+    if "bitsandbytes" in sys.modules:  # the tests that need it import it through the ``bnb`` fixture
+        sys.modules["bitsandbytes"].optim.GlobalOptimManager.get_instance().initialize()
 
 
 # -- QLoRA on the tiny model: one short run shared by the assertions (slow: 15-40 s here) -----------
 
 
 @pytest.fixture(scope="module")
-def qlora_run(tmp_path_factory):
+def qlora_run(tmp_path_factory, bnb):
     from llmtune.train.run import run_sft
 
     config = {
@@ -62,7 +62,7 @@ def qlora_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_qlora_base_linears_are_4bit_and_only_adapters_train(qlora_run):
+def test_qlora_base_linears_are_4bit_and_only_adapters_train(qlora_run, bnb):
     args, result = qlora_run
     model = result.model
     linears = {
@@ -105,7 +105,7 @@ def test_qlora_adapter_reloads_to_the_same_logits(qlora_run, bnb_logits):
     [{"finetuning_type": "zo", "zo_target": "lora", "lora_rank": 4}, {"finetuning_type": "loretta"}],
     ids=["zo-lora", "loretta"],
 )
-def test_zo_and_loretta_train_only_their_adapters_over_a_4bit_base(make_config, tmp_path, overrides):
+def test_zo_and_loretta_train_only_their_adapters_over_a_4bit_base(make_config, tmp_path, overrides, bnb):
     from transformers import set_seed
 
     from llmtune.methods import get_method
@@ -133,7 +133,7 @@ def test_zo_and_loretta_train_only_their_adapters_over_a_4bit_base(make_config, 
 
 
 @pytest.mark.slow
-def test_full_with_adamw_8bit_trains_with_8bit_state(make_config, tmp_path):
+def test_full_with_adamw_8bit_trains_with_8bit_state(make_config, tmp_path, bnb):
     from transformers import TrainerCallback
 
     from llmtune.train.run import run_sft
@@ -158,7 +158,7 @@ def test_full_with_adamw_8bit_trains_with_8bit_state(make_config, tmp_path):
 # -- 8-bit Adam as BAdam's base optimizer -------------------------------------------------------
 
 
-def test_block_with_adamw_8bit_keeps_8bit_state_for_the_active_block_only(make_config, tmp_path):
+def test_block_with_adamw_8bit_keeps_8bit_state_for_the_active_block_only(make_config, tmp_path, bnb):
     args = parse_args(make_config(tmp_path, "block", optim="adamw_8bit", badam_switch_interval=2))
     from llmtune.methods import get_method
 

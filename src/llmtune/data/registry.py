@@ -20,6 +20,7 @@ import llmtune
 from llmtune.errors import ConfigError, DataError, DataFileNotFoundError, one_of, suggest
 
 REGISTRY_FILE = "dataset_info.json"
+TASKS_FILE = "tasks.json"  # classification and QA tasks (llmtune.data.tasks), usable as dataset names too
 DEFAULT_DATASET_DIR = "data"
 FORMATTINGS = ("alpaca", "sharegpt")
 
@@ -159,13 +160,17 @@ def resolve_dataset_dir(path: str | Path) -> Path:
 def load_registry(dataset_dir: str | Path) -> dict[str, DatasetAttr]:
     """Read ``dataset_dir/dataset_info.json`` into ``{name: DatasetAttr}``.
 
-    Raises ``DataFileNotFoundError`` when the file is missing and ``DataError`` (with
-    ``file:line:col``) when it is not a JSON object of objects.
+    A folder with only a ``tasks.json`` has no datasets of its own, only tasks: ``{}``. Raises
+    ``DataFileNotFoundError`` when the folder has neither file and ``DataError`` (with
+    ``file:line:col``) when ``dataset_info.json`` is not a JSON object of objects.
     """
     registry_path = Path(dataset_dir) / REGISTRY_FILE
     if not registry_path.is_file():
+        if (Path(dataset_dir) / TASKS_FILE).is_file():
+            return {}
         raise DataFileNotFoundError(
-            f"dataset_dir: no {REGISTRY_FILE} in '{dataset_dir}'; it must list the datasets by name"
+            f"dataset_dir: '{dataset_dir}' has neither {REGISTRY_FILE} nor {TASKS_FILE}; "
+            "one of them must list the datasets (or tasks) by name"
         )
     text = registry_path.read_text(encoding="utf-8", errors="replace")
     try:

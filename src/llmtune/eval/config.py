@@ -101,6 +101,11 @@ def load_eval_arguments(tokens: list[str]) -> EvalRun:
     if path is not None:
         if Path(path).is_dir():
             run_dir = Path(path)
+        elif not _exists(Path(path)):
+            raise DataFileNotFoundError(
+                f"no run or config at '{path}': give a training run's output_dir (with {RUN_CONFIG}) "
+                "or an eval config file (.yaml)"
+            )
         else:
             config = read_config_file(path)
     config.update(overrides)
@@ -136,6 +141,13 @@ def parse_eval_args(config: dict[str, Any], run_dir: Path | None = None) -> Eval
     run = EvalRun(built[ModelArguments], built[DataArguments], built[EvalArguments], tasks, given, run_dir, run_config)
     validate_eval(run)
     return run
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name longer than the file system allows
+        return False
 
 
 def _is_run_dir(path: Path) -> bool:

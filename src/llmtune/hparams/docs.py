@@ -33,6 +33,7 @@ COMMON_TRAINING_KEYS = (
     "bf16",
     "fp16",
     "gradient_checkpointing",
+    "disable_gradient_checkpointing",
     "seed",
     "report_to",
     "eval_strategy",

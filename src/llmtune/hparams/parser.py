@@ -22,6 +22,8 @@ from llmtune.hparams.data_args import DataArguments
 from llmtune.hparams.finetuning_args import FOREIGN_STAGES, LM_HEAD_LOSSES, STAGES, FinetuningArguments
 from llmtune.hparams.model_args import ModelArguments
 
+CHECKPOINTING_KEYS = ("gradient_checkpointing", "activation_checkpointing")  # transformers' name and its alias
+
 # Keys whose values must never be written to disk or logs (hub_token, judge_api_key, ...).
 SECRET_WORDS = ("api_key", "secret", "password")
 SECRET_SUFFIXES = ("hub_token", "auth_token", "access_token", "api_token")
@@ -301,6 +303,8 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
                 # device is the CPU; without it every rank would train alone, unaware of the others.
                 kwargs.setdefault("use_cpu", True)
             kwargs.setdefault("dataloader_pin_memory", _has_cuda())  # pinning without a GPU only warns
+            if not any(key in given for key in CHECKPOINTING_KEYS):  # on where a backward pass runs, unless disabled
+                kwargs["gradient_checkpointing"] = _default_checkpointing(given, built[FinetuningArguments])
         built[cls] = _construct(cls, kwargs)
 
     from llmtune.methods import METHODS
@@ -318,6 +322,14 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
         args.data.neat_packing, args.training.packing = True, False
     validate(args, for_training=for_training)
     return args
+
+
+def _default_checkpointing(given: dict[str, Any], finetuning: FinetuningArguments) -> bool:
+    from llmtune.hparams.training_args import gradient_checkpointing_setting
+    from llmtune.methods import METHODS
+
+    method = METHODS.get(finetuning.finetuning_type)  # an unknown name is refused in validate()
+    return gradient_checkpointing_setting(given, finetuning.finetuning_type, method is None or method.backward)[0]
 
 
 def _construct(cls: type, kwargs: dict[str, Any]) -> Any:

@@ -6,7 +6,9 @@ own name (``learning_rate``, ``per_device_train_batch_size``, ``save_steps``, ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from trl import SFTConfig
 
@@ -15,10 +17,11 @@ from llmtune.errors import ConfigError
 
 @dataclass
 class TrainingArguments(SFTConfig):
-    """``SFTConfig`` plus ``overwrite_output_dir``, with precision and checkpointing off by default.
+    """``SFTConfig`` plus ``overwrite_output_dir`` and LLaMA-Factory's ``disable_gradient_checkpointing``.
 
-    TRL turns bf16 and gradient checkpointing on by default; LLaMA-Factory configs (and llmtune)
-    ask for them explicitly, so a config means the same thing in both tools.
+    TRL turns bf16 on by default; LLaMA-Factory configs (and llmtune) ask for it explicitly. Gradient
+    checkpointing is on by default in both TRL and LLaMA-Factory, and in llmtune where a backward pass
+    runs: the parser fills it in from the finetuning type (:func:`gradient_checkpointing_setting`).
     """
 
     overwrite_output_dir: bool = field(
@@ -27,7 +30,18 @@ class TrainingArguments(SFTConfig):
     )
     bf16: bool | None = field(default=False, metadata={"help": "Train in bfloat16 mixed precision (GPU only)."})
     gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Recompute activations in the backward pass to save memory."}
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass to save memory (one more forward pass a step). Unset: "
+            "on for finetuning types with a backward pass, as in LLaMA-Factory and TRL; off for zeroth-order ones "
+            "(zo, adazeta). false turns it off."
+        },
+    )
+    disable_gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "LLaMA-Factory's switch: true turns gradient checkpointing off (as gradient_checkpointing: false)."
+        },
     )
     warmup_ratio: float | None = field(
         default=None,
@@ -48,6 +62,13 @@ class TrainingArguments(SFTConfig):
     )
 
     def __post_init__(self):
+        if self.disable_gradient_checkpointing:
+            if self.gradient_checkpointing or self.activation_checkpointing:
+                raise ConfigError(
+                    "gradient_checkpointing: true and disable_gradient_checkpointing: true contradict each other; "
+                    "keep one"
+                )
+            self.gradient_checkpointing = False
         if self.gradient_checkpointing is not None:
             # transformers 5 renamed it; accept LLaMA-Factory's name without a deprecation warning.
             self.activation_checkpointing = self.gradient_checkpointing
@@ -69,3 +90,27 @@ class TrainingArguments(SFTConfig):
             if value and isinstance(value, str) and is_secret(key):
                 state[key] = "<redacted>"
         return state
+
+
+def gradient_checkpointing_setting(given: Mapping[str, Any], finetuning_type: str, backward: bool) -> tuple[bool, str]:
+    """Whether a run checkpoints activations, and why, from the keys the config set.
+
+    As set (``gradient_checkpointing``, transformers' ``activation_checkpointing``, LLaMA-Factory's
+    ``disable_gradient_checkpointing: true``), else on where ``finetuning_type`` runs a ``backward``
+    pass, as LLaMA-Factory and TRL do; off where it does not. Off too when ``fsdp_config`` asks for
+    FSDP's own activation checkpointing (transformers refuses both).
+    """
+    if given.get("disable_gradient_checkpointing"):
+        return False, "disable_gradient_checkpointing: true"
+    for key in ("gradient_checkpointing", "activation_checkpointing"):
+        if given.get(key) is not None:
+            return bool(given[key]), f"{key}: {str(bool(given[key])).lower()}"
+    fsdp = given.get("fsdp_config")
+    if isinstance(fsdp, Mapping) and fsdp.get("activation_checkpointing"):
+        return False, "FSDP's own activation checkpointing (fsdp_config)"
+    if backward:
+        return (
+            True,
+            f"the default where a backward pass runs ({finetuning_type}); gradient_checkpointing: false turns it off",
+        )
+    return False, f"{finetuning_type} runs forward passes only"

@@ -45,6 +45,7 @@ register(
         arguments=ZerothOrderArguments,
         prepare="llmtune.methods.zo.model:prepare_zo",
         trainer="llmtune.methods.zo.trainer:ZerothOrderTrainer",
+        backward=False,
     )
 )
 register(
@@ -56,6 +57,7 @@ register(
         trainer="llmtune.methods.adazeta.trainer:AdaZetaTrainer",
         normalise="llmtune.methods.adazeta.checks:check_adazeta_config",
         report="llmtune.methods.loretta.model:report_loretta",
+        backward=False,
     )
 )
 register(

@@ -35,6 +35,8 @@ class Method:
             that ``llmtune train`` logs after the trainable-parameter count, or None.
         keeps_half_weights: the method trains half-precision weights itself, through fp32 master copies
             (BAdam); every other method gets its trainable parameters in float32 (see ``prepare_model``).
+        backward: the method's updates need a backward pass; zeroth-order methods (forward passes
+            only) keep no activations for one, so gradient checkpointing is off by default for them.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Method:
     normalise: str | None = None
     report: str | None = None
     keeps_half_weights: bool = False
+    backward: bool = True
 
     @property
     def implemented(self) -> bool:

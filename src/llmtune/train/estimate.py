@@ -26,6 +26,7 @@ import torch
 
 from llmtune.errors import ConfigError, LlmtuneError, NotImplementedYetError
 from llmtune.hparams.parser import RunArguments, coerce, parse_args, parse_cli_overrides, read_config_file
+from llmtune.hparams.training_args import gradient_checkpointing_setting
 from llmtune.model.quantization import (
     adam_8bit_state_bytes,
     check_quantization,
@@ -172,7 +173,10 @@ def estimate_memory(
     if "8bit" in optim:
         states["optimizer"] += _eight_bit_saving(model, states)
         note = f"{optim}: 8-bit Adam moments (bitsandbytes)"
-    checkpointing = bool(getattr(args.training, "activation_checkpointing", False))
+    if method.name == args.finetuning.finetuning_type:
+        checkpointing = bool(args.training.activation_checkpointing)
+    else:  # another type of the comparison: its own default, unless the config set it
+        checkpointing = gradient_checkpointing_setting(args.given, method.name, method.backward)[0]
     batch, length = args.training.per_device_train_batch_size, args.data.cutoff_len
     return MemoryEstimate(
         finetuning_type=method.name,

@@ -22,6 +22,7 @@ import yaml
 
 from llmtune.errors import ConfigError, NumericalError, TrainingInterrupted
 from llmtune.hparams.parser import RunArguments
+from llmtune.hparams.training_args import gradient_checkpointing_setting
 from llmtune.train import checkpoint as ckpt
 from llmtune.train.status import mark_running, tracks_status
 
@@ -98,6 +99,13 @@ def prepare_output_dir(args: RunArguments, resume: str | None) -> Path:
     return out
 
 
+def describe_gradient_checkpointing(args: RunArguments, method: Any) -> str:
+    """``on (why)`` or ``off (why)``: what the run does, and the key or default that decided it."""
+    on = bool(args.training.activation_checkpointing)
+    setting, why = gradient_checkpointing_setting(args.given, method.name, method.backward)
+    return f"{'on' if on else 'off'} ({why if setting == on else 'set on the arguments'})"
+
+
 def save_config(out: Path, args: RunArguments) -> None:
     """Write the keys the user set (no secrets) as ``training_args.yaml``, to rerun the same job."""
     if not is_main_process():
@@ -123,6 +131,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     method = get_method(args.finetuning.finetuning_type)
     resume = resolve_resume(args)
     check_output_dir(args, resume)
+    logger.info("gradient checkpointing: %s", describe_gradient_checkpointing(args, method))
     report = check_datasets(args.data)  # every row checked before any model loads
     logger.info("data: %s", report.summary())
 
