@@ -67,6 +67,15 @@ def chosen_runs(records: list[dict], row: str) -> list[dict]:
     return sorted([best, *[r for r in finals if r["lr"] == best["lr"]]], key=lambda r: r["seed"])
 
 
+def _grid_progress(records: list[dict], row: str) -> str | None:
+    """``"grid 1 of 2"`` while the first seed's learning-rate grid is unfinished, else None."""
+    from benchmarks.fidelity import ROWS
+
+    grid = ROWS.get(row, {}).get("grid")
+    tried = {r["lr"] for r in records if r["row"] == row and r.get("phase") == "grid" and "error" not in r}
+    return f"grid {len(tried)} of {len(grid)} so far" if grid and len(tried) < len(grid) else None
+
+
 def summarise(records: list[dict]) -> dict[str, dict]:
     """Row -> what the table shows (``None`` where the row has no run yet)."""
     table: dict[str, dict] = {}
@@ -89,6 +98,7 @@ def summarise(records: list[dict]) -> dict[str, dict]:
             "peak": statistics.median(r["peak_rss_bytes"] for r in runs),
             "seconds": statistics.median(seconds) if seconds else None,
             "busy": len(runs) - len(quiet),
+            "grid": _grid_progress(records, row),
         }
     return table
 
@@ -108,7 +118,9 @@ def table_markdown(table: dict[str, dict]) -> list[str]:
             lines.append(f"| {row} | {what} | not run yet | | | | | | | |")
             continue
         t = table[row]
-        seeds = "none (deterministic)" if t["seeds"] == [None] else str(len(t["seeds"]))
+        seeds = "none (deterministic)" if t["seeds"] == [None] else f"{len(t['seeds'])} of 5"
+        if t["grid"]:
+            seeds += f" ({t['grid']})"
         dev = f"{_pct(t['dev'][0])} ± {_pct(t['dev'][1])}" if t["dev"] else ""
         seconds = f"{t['seconds']:.0f}" if t["seconds"] is not None else "busy machine"
         if t["busy"] and t["seconds"] is not None:
