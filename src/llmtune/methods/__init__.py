@@ -45,6 +45,7 @@ register(
         arguments=ZerothOrderArguments,
         prepare="llmtune.methods.zo.model:prepare_zo",
         trainer="llmtune.methods.zo.trainer:ZerothOrderTrainer",
+        keeps_half_weights=True,
         backward=False,
     )
 )
@@ -57,6 +58,7 @@ register(
         trainer="llmtune.methods.adazeta.trainer:AdaZetaTrainer",
         normalise="llmtune.methods.adazeta.checks:check_adazeta_config",
         report="llmtune.methods.loretta.model:report_loretta",
+        keeps_half_weights=True,
         backward=False,
     )
 )

@@ -33,8 +33,9 @@ class Method:
             tool's spelling of this method (e.g. LLaMA-Factory's ``use_badam: true``) into llmtune's.
         report: ``"module:function"`` taking ``(model, args)`` after ``prepare`` and returning one line
             that ``llmtune train`` logs after the trainable-parameter count, or None.
-        keeps_half_weights: the method trains half-precision weights itself, through fp32 master copies
-            (BAdam); every other method gets its trainable parameters in float32 (see ``prepare_model``).
+        keeps_half_weights: the method sets the dtypes of its weights itself and may train half-precision
+            ones (BAdam through fp32 master copies, zo and adazeta with stochastic rounding); every other
+            method gets its trainable parameters in float32 (see ``prepare_model``).
         backward: the method's updates need a backward pass; zeroth-order methods (forward passes
             only) keep no activations for one, so gradient checkpointing is off by default for them.
     """

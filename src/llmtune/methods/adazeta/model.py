@@ -1,15 +1,13 @@
-"""Prepare a model for ``finetuning_type: adazeta``: AdaZeta's TT adapters, norms frozen, float32 trainables."""
+"""Prepare a model for ``finetuning_type: adazeta``: AdaZeta's TT adapters, norms frozen."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from llmtune.methods.adazeta.trainer import ADAZETA_ARGUMENTS_ATTR
 from llmtune.methods.loretta.model import build_loretta_model
 from llmtune.methods.loretta.tuner.config import REFERENCE_ADAPTER_PLACEMENT
-from llmtune.methods.zo.model import ZO_ARGUMENTS_ATTR
+from llmtune.methods.zo.model import ZO_ARGUMENTS_ATTR, set_zo_dtypes
 
 ADAZETA_RANK = 5  # the reference run_all_large_exp.sh (RANK=5) and LorettaAdpConfig's default
 
@@ -21,8 +19,8 @@ def prepare_adazeta(model: Any, args: Any) -> Any:
     ``gate_proj``/``up_proj`` and the output of ``down_proj`` (Llama; ``fc1``/``fc2`` for OPT), as
     its reference code places them. As in AdaZeta, only the adapters train: the layer norms stay
     frozen (``loretta_train_norms`` is refused before anything loads, see
-    :mod:`~llmtune.methods.adazeta.checks`). The trainable weights are float32 (``bf16``/``fp16``
-    set the precision of the forwards only), and the model carries the ``zo_*`` and ``adazeta_*``
+    :mod:`~llmtune.methods.adazeta.checks`). The trainable weights are in the compute dtype,
+    or float32 with ``zo_master_weights`` (:func:`~llmtune.methods.zo.model.set_zo_dtypes`), and the model carries the ``zo_*`` and ``adazeta_*``
     options for :class:`~llmtune.methods.adazeta.trainer.AdaZetaTrainer`.
     """
     model = build_loretta_model(
@@ -33,9 +31,7 @@ def prepare_adazeta(model: Any, args: Any) -> Any:
         default_rank=ADAZETA_RANK,
         placement=REFERENCE_ADAPTER_PLACEMENT,
     )
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
+    set_zo_dtypes(model, args)
     setattr(model, ZO_ARGUMENTS_ATTR, args.methods["zo"])
     setattr(model, ADAZETA_ARGUMENTS_ATTR, args.methods["adazeta"])
     return model

@@ -34,7 +34,7 @@ class AdaZetaOptimizer(ZerothOrderSGD):
     """ZO-SGD with ``Q = schedule.queries(epoch)`` queries per step (the update averages them).
 
     Args:
-        params: the trainable parameters or parameter groups (float32).
+        params: the trainable parameters or parameter groups (float32, or half precision: stochastic rounding).
         schedule: the query schedule.
         rank, world_size: this process and the number of processes sharing the queries
             (default: from ``torch.distributed`` when it is initialised, else 0 and 1).
@@ -52,6 +52,7 @@ class AdaZetaOptimizer(ZerothOrderSGD):
         max_grad_ratio: float = 50.0,
         rank: int | None = None,
         world_size: int | None = None,
+        **kwargs,
     ):
         super().__init__(
             params,
@@ -61,6 +62,7 @@ class AdaZetaOptimizer(ZerothOrderSGD):
             num_queries=schedule.queries(0),
             seed=seed,
             max_grad_ratio=max_grad_ratio,
+            **kwargs,
         )
         self.schedule = schedule
         distributed = dist.is_available() and dist.is_initialized()

@@ -37,7 +37,8 @@ class ZerothOrderAdaMU(ZerothOrderSGD):
             ends: a fraction (<= 1) of ``total_steps`` or a step count (> 1).
         anneal_end: T2, where the annealing ends and the weights hold: a fraction or a step count.
         total_steps: T3, the run's optimizer steps (Eq. 7 depends on it).
-        Other arguments as :class:`ZerothOrderSGD` (one query per step).
+        Other arguments as :class:`ZerothOrderSGD` (one query per step). With half-precision weights
+        ``h`` is half precision too, and the update rounds stochastically as ZO-SGD's does.
     """
 
     def __init__(
@@ -52,8 +53,9 @@ class ZerothOrderAdaMU(ZerothOrderSGD):
         warmup_end: float = PAPER_WARMUP_END,
         anneal_end: float = PAPER_ANNEAL_END,
         total_steps: int | None = None,
+        **kwargs,
     ):
-        super().__init__(params, lr, eps, weight_decay, 1, seed, max_grad_ratio)
+        super().__init__(params, lr, eps, weight_decay, 1, seed, max_grad_ratio, **kwargs)
         if not total_steps or total_steps <= 0:
             raise ValueError(f"total_steps: {total_steps} must be a positive step count (Eq. 7 depends on it)")
         self.total_steps = int(total_steps)
@@ -98,7 +100,5 @@ class ZerothOrderAdaMU(ZerothOrderSGD):
         momentum = centred * beta1 + around_history * (1 - beta1)
         second = centred.square_().mul_(beta2).add_(around_history.square_(), alpha=1 - beta2)
         update = second.add_(ADAMU_EPS).rsqrt_().mul_(momentum).mul_(projected)
-        if weight_decay:
-            update.add_(param, alpha=weight_decay)
-        param.add_(update, alpha=-lr)
+        self._apply(param, index, update, lr, weight_decay)
         self.state[param]["momentum"].copy_(momentum).mul_(math.copysign(1.0, projected))

@@ -50,6 +50,13 @@ class ZerothOrderArguments:
     zo_prefix_tokens: int = field(
         default=5, metadata={"help": "Virtual tokens of zo_target: prefix (initialised from real activations)."}
     )
+    zo_master_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "With bf16/fp16: keep float32 trainable weights (twice MeZO's weight memory for zo_target: full) "
+            "instead of half-precision ones updated with stochastic rounding, as MeZO's fp16 weights. Also adazeta."
+        },
+    )
     zo_max_grad_ratio: float = field(
         default=50.0,
         metadata={

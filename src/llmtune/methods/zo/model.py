@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from llmtune.errors import ConfigError
+from llmtune.model.loader import compute_dtype, set_training_dtypes
 
 # The prepared model carries its zo options here, for the trainer (as PEFT models carry ``peft_config``).
 ZO_ARGUMENTS_ATTR = "zo_arguments"
@@ -15,29 +16,39 @@ ZO_ARGUMENTS_ATTR = "zo_arguments"
 def prepare_zo(model: Any, args: Any) -> Any:
     """Return ``model`` ready for zeroth-order training, with ``model.zo_arguments`` set.
 
-    ``zo_target: full`` trains every weight (float32, as ``finetuning_type: full``); ``lora`` wraps
-    the model with LoRA adapters exactly as ``finetuning_type: lora`` does (the ``lora_*`` options);
-    ``prefix`` adds ``zo_prefix_tokens`` PEFT prefix-tuning tokens initialised from the model's own
-    keys and values of random vocabulary tokens (MeZO's ``init_by_real_act``). Trainable weights
-    stay float32 whatever ``bf16``/``fp16`` say (those set the precision of the forward passes).
+    ``zo_target: full`` trains every weight; ``lora`` wraps the model with LoRA adapters exactly as
+    ``finetuning_type: lora`` does (the ``lora_*`` options); ``prefix`` adds ``zo_prefix_tokens``
+    PEFT prefix-tuning tokens initialised from the model's own keys and values of random vocabulary
+    tokens (MeZO's ``init_by_real_act``). The dtypes follow :func:`set_zo_dtypes`.
     """
     zo = args.methods["zo"]
     _refuse_unsupported(args, zo)
     if zo.zo_target == "full":
-        from llmtune.methods.full.model import prepare_full
-
-        model = prepare_full(model, args)
+        for param in model.parameters():
+            param.requires_grad_(True)
     elif zo.zo_target == "lora":
         from llmtune.methods.lora.model import prepare_lora
 
         model = prepare_lora(model, args)
     else:
         model = prepare_prefix(model, zo.zo_prefix_tokens)
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
+    set_zo_dtypes(model, args)
     setattr(model, ZO_ARGUMENTS_ATTR, zo)
     return model
+
+
+def set_zo_dtypes(model: Any, args: Any) -> None:
+    """Every floating-point parameter in the compute dtype (``bf16``/``fp16``, else float32), trainable
+    ones included, as MeZO keeps OPT's weights in fp16: the optimizer then rounds each update
+    stochastically (:mod:`~llmtune.methods.zo.rounding`). With ``zo_master_weights: true`` the trainable
+    parameters are float32 instead (the frozen ones stay in the compute dtype)."""
+    dtype = compute_dtype(args.training.bf16, args.training.fp16)
+    if args.methods["zo"].zo_master_weights:
+        set_training_dtypes(model, dtype)
+        return
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 def _refuse_unsupported(args: Any, zo: Any) -> None:

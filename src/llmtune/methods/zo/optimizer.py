@@ -24,6 +24,12 @@ The random stream. ``z`` for parameter ``i`` at optimizer step ``t``, query ``q`
 generator seeded with ``mix_seed(seed, t, q, i)``: it is regenerated for the update, never stored,
 does not touch the global RNG, and depends only on ``(seed, t)``, both in ``state_dict()``, so a
 resumed run draws the same perturbations as an uninterrupted one.
+
+Half precision. MeZO keeps OPT's weights in fp16; so may these optimizers (bf16 or fp16 parameters).
+An update of 1e-6..1e-7 is mostly below one ulp of a half-precision weight, so it is computed in
+float32 a chunk at a time and rounded stochastically (unbiased: the stored weight equals the float32
+result in expectation), with uniforms from ``mix_seed(seed, t, ROUNDING_STREAM, i)``, as reproducible
+and resumable as ``z``. No parameter-sized float32 tensor is made; ``z`` has the parameter's dtype.
 """
 
 from __future__ import annotations
@@ -37,10 +43,12 @@ import torch
 import torch.distributed as dist
 
 from llmtune.errors import ConfigError
+from llmtune.methods.zo.rounding import CHUNK_NUMEL, HALF_DTYPES, add_stochastic_
 
 MASK64 = 2**64 - 1
 GUARD_WARMUP_STEPS = 10  # accepted updates before the projected-gradient scale is trusted
 GUARD_EMA = 0.9
+ROUNDING_STREAM = -1  # the "query" of the rounding uniforms in mix_seed (queries are >= 0)
 
 
 def mix_seed(*values: int) -> int:
@@ -85,7 +93,8 @@ class ZerothOrderSGD(torch.optim.Optimizer):
     biases and norms, as HF's Trainer groups them), so learning-rate schedulers work unchanged.
 
     Args:
-        params: the trainable parameters (float32 or float64) or parameter groups.
+        params: the trainable parameters or parameter groups: float32, or bfloat16/float16 as MeZO's
+            fp16 weights (each update then rounds stochastically, see :mod:`~llmtune.methods.zo.rounding`).
         lr: learning rate.
         eps: perturbation scale.
         weight_decay: MeZO's L2 term, added to the update (``lr * weight_decay * w``).
@@ -93,6 +102,7 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         seed: base seed of the perturbation stream.
         max_grad_ratio: skip an update whose largest ``|g_q|`` exceeds this many times the running
             mean of ``|g|`` over accepted steps (0: never). A non-finite loss is always skipped.
+        chunk_numel: elements of a half-precision weight updated at a time (the float32 temporaries).
     """
 
     def __init__(
@@ -104,6 +114,7 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         num_queries: int = 1,
         seed: int = 0,
         max_grad_ratio: float = 50.0,
+        chunk_numel: int = CHUNK_NUMEL,
     ):
         if not lr >= 0:
             raise ValueError(f"lr: {lr} must be >= 0")
@@ -113,12 +124,12 @@ class ZerothOrderSGD(torch.optim.Optimizer):
             raise ValueError(f"num_queries: {num_queries} must be >= 1")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.params = [p for group in self.param_groups for p in group["params"]]
-        _refuse_half_precision(self.params)
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.eps = float(eps)
         self.num_queries = int(num_queries)
         self.seed = int(seed)
         self.max_grad_ratio = float(max_grad_ratio)
+        self.chunk_numel = int(chunk_numel)
         self.step_count = 0  # optimizer steps taken (skipped ones included): the position in the seed stream
         self.consecutive_skips = 0
         self.last_report: StepReport | None = None
@@ -132,13 +143,17 @@ class ZerothOrderSGD(torch.optim.Optimizer):
     def normal(self, index: int, query: int, draws: int = 1) -> list[torch.Tensor]:
         """``draws`` fresh N(0, 1) tensors shaped like parameter ``index``, for the current step and ``query``."""
         param = self.params[index]
-        generator = self._generators.get(param.device)
-        if generator is None:
-            generator = self._generators[param.device] = torch.Generator(device=param.device)
+        generator = self._generator(param.device)
         generator.manual_seed(mix_seed(self.seed, self.step_count, query, index))
         return [
             torch.randn(param.shape, generator=generator, device=param.device, dtype=param.dtype) for _ in range(draws)
         ]
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+        return generator
 
     def direction(self, index: int, query: int) -> torch.Tensor:
         """The perturbation ``z`` of parameter ``index`` (a fresh tensor the caller may overwrite)."""
@@ -237,16 +252,42 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         self._pending = _Pending([0.0] * self.num_queries)
 
     def _update(self, param: torch.Tensor, index: int, grads: list[float], lr: float, weight_decay: float) -> None:
-        update = None
+        update, scale = None, 1.0
         for query, projected in enumerate(grads):
             z = self.direction(index, query)
-            if update is None:
+            if param.dtype in HALF_DTYPES:
+                z = self._seen_direction(param, z)
+            if len(grads) == 1 and param.dtype in HALF_DTYPES:
+                update, scale = z, projected  # the product is taken in float32, chunk by chunk
+            elif update is None:
                 update = z.mul_(projected / len(grads))
             else:
                 update.add_(z, alpha=projected / len(grads))
-        if weight_decay:
-            update.add_(param, alpha=weight_decay)
-        param.add_(update, alpha=-lr)
+        self._apply(param, index, update, lr, weight_decay, scale)
+
+    def _seen_direction(self, param: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``(round(w + eps*z) - round(w - eps*z)) / (2*eps)``: the direction the two half-precision forwards
+        actually compared, computed as :meth:`perturbed` rounds them (overwrites ``z``). Where ``eps*z`` is
+        below half a ulp of ``w`` (bf16 norm weights near 1) it is 0, so those weights get no update the
+        estimate did not see, instead of ``lr*g*z`` of pure noise."""
+        step = z.mul_(self.eps)
+        plus = step.add(param)
+        return plus.sub_(torch.sub(param, step, out=step)).div_(2 * self.eps)
+
+    def _apply(
+        self, param: torch.Tensor, index: int, update: torch.Tensor, lr: float, weight_decay: float, scale: float = 1.0
+    ) -> None:
+        """``param <- param - lr * (scale * update + weight_decay * param)``; half-precision weights round stochastically."""
+        if param.dtype not in HALF_DTYPES:
+            if scale != 1.0:
+                update.mul_(scale)
+            if weight_decay:
+                update.add_(param, alpha=weight_decay)
+            param.add_(update, alpha=-lr)
+            return
+        generator = self._generator(param.device)
+        generator.manual_seed(mix_seed(self.seed, self.step_count, ROUNDING_STREAM, index))
+        add_stochastic_(param, update, lr, weight_decay, generator, self.chunk_numel, scale)
 
     # -- divergence guard -------------------------------------------------------------------------
 
@@ -319,16 +360,6 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         raise ConfigError(
             f"zo: {len(missing)} trainable parameters are not read through their module's forward, so their "
             f"perturbation cannot be applied (e.g. {shown}); freeze them, or choose another zo_target"
-        )
-
-
-def _refuse_half_precision(params: list[torch.Tensor]) -> None:
-    half = [p for p in params if p.dtype in (torch.float16, torch.bfloat16)]
-    if half:
-        raise ConfigError(
-            f"zo: {len(half)} trainable parameters are {half[0].dtype}; zo keeps trainable weights in float32 "
-            "because an update lr*g*z (about 1e-7 of a weight) is below half-precision resolution and would be "
-            "lost. Use bf16/fp16 for the forward passes only (bf16: true), not for the trainable weights"
         )
 
 

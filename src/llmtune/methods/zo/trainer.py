@@ -8,7 +8,8 @@ return None, and the logs carry ``zo_projected_grad``, ``zo_loss_plus``, ``zo_lo
 ``zo_skipped`` (the share of skipped updates) instead.
 
 The forwards run in eval mode (dropout off, so both see the same network) under ``torch.no_grad``,
-with the run's mixed precision (``bf16``/``fp16`` autocast); the trainable weights stay float32.
+with the run's mixed precision (``bf16``/``fp16`` autocast); the trainable weights are in that half
+dtype too (updated with stochastic rounding), or float32 with ``zo_master_weights``.
 """
 
 from __future__ import annotations
