@@ -304,6 +304,31 @@ def test_training_follows_the_schedule_checkpoints_it_and_resumes_it(tmp_path, m
     assert [second[s] for s in range(6, 9)] == pytest.approx([first[s] for s in range(6, 9)], abs=1e-6)
 
 
+@pytest.mark.parametrize("master", [False, True])
+def test_bf16_keeps_the_adapters_in_bf16_and_resumes_them_bitwise(tmp_path, make_config, monkeypatch, master):
+    # As zo: under bf16 the trained adapters stay bf16 (stochastically rounded updates, their draws from the
+    # checkpointed seed stream), or float32 with zo_master_weights; the base stays the bf16 checkpoint.
+    monkeypatch.setenv("LLMTUNE_ALLOW_CPU_BF16", "1")
+    common = {**ADAPTER, **SHORT_EPOCHS, "bf16": True, "zo_master_weights": master, "learning_rate": 1e-3}
+    config = make_config(tmp_path / "straight", "adazeta", save_steps=100, **common)
+    base = {k: v.to(torch.bfloat16) for k, v in load_model(parse_args(config).model).state_dict().items()}
+    straight = train(config)
+    trained = adapter_state(straight.model)
+    assert trained and {p.dtype for p in trained.values()} == {torch.float32 if master else torch.bfloat16}
+    assert any(p.abs().sum() > 0 for n, p in trained.items() if ".loretta_up." in n)  # zero at init: updated
+    frozen = {n: p for n, p in straight.model.get_base_model().named_parameters() if not p.requires_grad}
+    assert {p.dtype for p in frozen.values()} == {torch.bfloat16}
+    names = {n.replace(".base_layer", ""): n for n in frozen}
+    assert set(base) <= set(names) and all(torch.equal(frozen[names[k]], v) for k, v in base.items())
+
+    resumed_config = make_config(tmp_path / "resumed", "adazeta", save_steps=100, **common)
+    with pytest.raises(TrainingInterrupted):
+        train(resumed_config, callbacks=[SignalAtStep(5)])
+    resumed = train({**resumed_config, "resume_from_checkpoint": True})
+    for name, value in adapter_state(resumed.model).items():
+        assert torch.equal(value, trained[name]), name
+
+
 @pytest.mark.slow
 def test_accumulation_in_the_trainer_equals_the_larger_batch(tmp_path, make_config):
     common = {**ADAPTER, "max_steps": 3, "save_steps": 100, "adazeta_alpha": 2.0, "adazeta_beta": 0.0}

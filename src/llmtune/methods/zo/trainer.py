@@ -66,6 +66,16 @@ class ZerothOrderTrainer(LlmtuneTrainer):
                 )
         return self.optimizer
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # PEFT's load_adapter upcasts half-precision adapters to float32 (autocast_adapter_dtype): a resumed
+        # bf16 run must keep training the bf16 weights it saved, so every trainable dtype is put back.
+        target = model if model is not None else self.model
+        dtypes = {name: p.dtype for name, p in target.named_parameters() if p.requires_grad}
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for name, param in target.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
+
     def _clip_grad_norm(self, model):
         return None  # no gradients exist
 
