@@ -187,6 +187,14 @@ RULES: list[Rule] = [
     ),
     Rule("zo", "none", "1", "bf16", "tested", "tests/methods/test_zo.py::test_bf16_forwards_leave_the_weights_exact"),
     Rule(
+        "adazeta",
+        "none",
+        "1",
+        "bf16",
+        "tested",
+        "tests/methods/test_adazeta.py::test_bf16_keeps_the_adapters_in_bf16_and_resumes_them_bitwise",
+    ),
+    Rule(
         "full",
         ("ddp", "zero2", "zero3"),
         "1",

@@ -82,6 +82,40 @@ def test_estimate_command_prints_the_table_without_loading_weights(capsys, monke
     assert "the same run as other finetuning types: full" in out and "lora" in out and "sparse" in out
 
 
+def opt_config(hidden: int, layers: int, heads: int):
+    from transformers import OPTConfig
+
+    # facebook/opt-13b (5120, 40, 40) and opt-30b (7168, 48, 56): their config.json shapes
+    return OPTConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        ffn_dim=4 * hidden,
+        num_attention_heads=heads,
+        word_embed_proj_dim=hidden,
+        vocab_size=50272,
+    )
+
+
+@pytest.mark.parametrize("master", [False, True])
+def test_zo_in_fp16_counts_two_byte_weights_as_mezo(master):
+    # MeZO trains OPT-13B in fp16 (about 26 GB of weights) and OPT-30B on one 80 GB GPU.
+    def zo_args(**overrides):
+        config = {"model_name_or_path": "llmtune/tiny-llama", "finetuning_type": "zo", "cutoff_len": 256}
+        args = parse_args({**config, "per_device_train_batch_size": 16, **overrides}, for_training=False)
+        args.training.fp16 = True  # as on a GPU
+        return args
+
+    opt13b = estimate_memory(zo_args(zo_master_weights=master), opt_config(5120, 40, 40))
+    params = 12_853_473_280
+    assert opt13b.parameters == params and opt13b.gradients == 0
+    assert opt13b.weights == (4 if master else 2) * params
+    assert opt13b.weight_dtype == ("float32" if master else "float16")
+    embedding = 50272 * 5120  # the largest weight: its fp32 z, or its fp16 z and perturbed copy
+    assert opt13b.optimizer == 4 * embedding
+    opt30b = estimate_memory(zo_args(zo_master_weights=master), opt_config(7168, 48, 56))
+    assert (opt30b.total < 80e9) is not master
+
+
 def test_estimate_says_whether_the_run_fits_the_gpu():
     from llmtune.train.estimate import fits_line
 

@@ -56,6 +56,7 @@ class MemoryEstimate:
     sequence_length: int
     checkpointing: bool
     optimizer_note: str = ""
+    forward_only: bool = False  # no backward pass (zo, adazeta): activations live one layer at a time
 
     @property
     def total(self) -> int:
@@ -64,6 +65,7 @@ class MemoryEstimate:
     def report(self) -> list[str]:
         """The estimate as aligned text lines (GiB)."""
         when = "with" if self.checkpointing else "without"
+        kept = "forward passes only" if self.forward_only else f"{when} gradient checkpointing"
         rows = [
             ("weights", self.weights, self.weight_dtype),
             ("gradients", self.gradients, ""),
@@ -71,7 +73,7 @@ class MemoryEstimate:
             (
                 "activations",
                 self.activations,
-                f"batch {self.batch_size} x {self.sequence_length} tokens, {when} gradient checkpointing",
+                f"batch {self.batch_size} x {self.sequence_length} tokens, {kept}",
             ),
         ]
         lines = [
@@ -169,7 +171,7 @@ def estimate_memory(
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     if bits:
         states["weights"], dtypes = _quantized_weights(args, model, quantized)
-    optim, note = optim_name(args.training), ""
+    optim, note = optim_name(args.training), states.get("optimizer_note", "")
     if "8bit" in optim:
         states["optimizer"] += _eight_bit_saving(model, states)
         note = f"{optim}: 8-bit Adam moments (bitsandbytes)"
@@ -187,11 +189,19 @@ def estimate_memory(
         weights=states["weights"],
         gradients=states["gradients"],
         optimizer=states["optimizer"],
-        activations=activation_bytes(config, batch, length, checkpointing=checkpointing, value_bytes=2 if half else 4),
+        activations=activation_bytes(
+            config,
+            batch,
+            length,
+            checkpointing=checkpointing,
+            value_bytes=2 if half else 4,
+            forward_only=not method.backward,
+        ),
         batch_size=batch,
         sequence_length=length,
         checkpointing=checkpointing,
         optimizer_note=note,
+        forward_only=not method.backward,
     )
 
 
@@ -237,7 +247,13 @@ def compare_methods(args: RunArguments, model_config: Any) -> dict[str, MemoryEs
 
 
 def activation_bytes(
-    config: Any, batch_size: int, sequence_length: int, *, checkpointing: bool, value_bytes: int
+    config: Any,
+    batch_size: int,
+    sequence_length: int,
+    *,
+    checkpointing: bool,
+    value_bytes: int,
+    forward_only: bool = False,
 ) -> int:
     """Activations kept for the backward pass of a decoder-only transformer, to first order.
 
@@ -247,7 +263,8 @@ def activation_bytes(
     only each layer's input (h) is kept, plus one layer's worth while it is recomputed. The logits add
     ``vocab`` values in the compute dtype, an fp32 copy for the loss and its fp32 gradient. BAdam's
     lowest block keeps as much as full fine-tuning (the other blocks keep less: layers below the
-    active one record nothing).
+    active one record nothing). ``forward_only`` (zeroth-order methods, no backward): one layer's
+    values at a time and the logits with their fp32 copy for the loss, nothing kept for a backward.
     """
     hidden = config.hidden_size
     layers = config.num_hidden_layers
@@ -257,6 +274,8 @@ def activation_bytes(
     intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
     per_layer = 4 * hidden + 2 * heads * head_dim + 2 * kv_heads * head_dim + 4 * intermediate
     tokens = batch_size * sequence_length
+    if forward_only:
+        return tokens * (per_layer * value_bytes + hidden * value_bytes + config.vocab_size * (value_bytes + 4))
     kept = layers * hidden + per_layer if checkpointing else layers * per_layer
     logits = config.vocab_size * (value_bytes + 4 + 4)
     return tokens * (kept * value_bytes + hidden * value_bytes + logits)

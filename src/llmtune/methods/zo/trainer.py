@@ -26,7 +26,9 @@ from llmtune.methods.zo.adamu import ZerothOrderAdaMU
 from llmtune.methods.zo.config import ZerothOrderArguments
 from llmtune.methods.zo.model import ZO_ARGUMENTS_ATTR
 from llmtune.methods.zo.optimizer import ZerothOrderSGD
+from llmtune.methods.zo.rounding import HALF_DTYPES
 from llmtune.train import checkpoint as ckpt
+from llmtune.train.memory import estimate_training_bytes
 from llmtune.train.trainer import LlmtuneTrainer
 
 logger = logging.getLogger("llmtune")
@@ -65,6 +67,30 @@ class ZerothOrderTrainer(LlmtuneTrainer):
                     "zo_optimizer: adamu keeps momentum buffers of %.1f MiB", self.zo_optimizer.momentum_bytes / 2**20
                 )
         return self.optimizer
+
+    @classmethod
+    def memory_estimate(cls, model: torch.nn.Module) -> dict[str, int]:
+        """Weights in their own dtypes (half precision unless ``zo_master_weights``), no gradients, and as
+        "optimizer" what a step holds besides them: the perturbation ``z`` of the largest trainable parameter
+        (with half-precision weights also the perturbed copy :meth:`ZerothOrderSGD._seen_direction` makes),
+        ZO-AdaMU's momentum buffers and its two draws."""
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        estimate = estimate_training_bytes(model, optimizer_bytes_per_param=0, gradient_bytes_per_param=0)
+        largest = max(trainable, key=lambda p: p.numel(), default=None)
+        step, notes = 0, []
+        if largest is not None:
+            half = largest.dtype in HALF_DTYPES
+            step = largest.numel() * largest.element_size() * (2 if half else 1)
+            notes.append("z and a perturbed copy of the largest weight" if half else "z of the largest weight")
+        zo = getattr(model, ZO_ARGUMENTS_ATTR, None)
+        if largest is not None and zo is not None and zo.zo_optimizer == "adamu":
+            step += sum(p.numel() * p.element_size() for p in trainable)  # momentum h
+            step += 2 * largest.numel() * largest.element_size()  # the draws z_c, z_h
+            notes.append("adamu's momentum")
+        estimate["optimizer"] = step
+        estimate["total"] = estimate["weights"] + step
+        estimate["optimizer_note"] = ", ".join(notes)
+        return estimate
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # PEFT's load_adapter upcasts half-precision adapters to float32 (autocast_adapter_dtype): a resumed
