@@ -30,6 +30,10 @@ An update of 1e-6..1e-7 is mostly below one ulp of a half-precision weight, so i
 float32 a chunk at a time and rounded stochastically (unbiased: the stored weight equals the float32
 result in expectation), with uniforms from ``mix_seed(seed, t, ROUNDING_STREAM, i)``, as reproducible
 and resumable as ``z``. No parameter-sized float32 tensor is made; ``z`` has the parameter's dtype.
+ZO-SGD then steps along the direction the two half-precision forwards actually compared,
+``(round(w + eps*z) - round(w - eps*z)) / (2*eps)``, not ``z``: where ``eps*z`` is below half a ulp
+(bf16 norm weights near 1 with eps 1e-3) that is 0, and ``z`` would add noise the estimate never saw
+(on the tiny model, 300 steps: 3.9% above the float32 run's loss along ``z``, 0.8% below along it).
 """
 
 from __future__ import annotations
