@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from llmtune.cli import main
+from llmtune.data.kshot import k_shot_split
+from llmtune.data.tasks import load_task_examples, load_tasks
+from llmtune.errors import ConfigError
 from llmtune.kernel.config import parse_kernel_args
 from llmtune.kernel.run import compute_kernels, load_kernel_data, run_kernel
 from llmtune.kernel.solvers import solve, targets
@@ -110,10 +113,25 @@ def test_another_seed_or_formula_is_another_cache_entry(computed):
     ],
 )
 def test_bad_input_is_one_line_before_loading(flags, message, capsys):
-    base = ["--task", "demo_sst2", "--model_name_or_path", "llmtune/tiny-llama"]
+    base = ["--task", "demo_sst2", "--model_name_or_path", "llmtune/tiny-llama", "--k_shot", "4"]
     assert main(["kernel", *base, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_k_shot_is_the_data_key_training_reads(tmp_path):
+    """One ``k_shot``: DataArguments' (as training's), read from YAML; the kernel has no field of its own."""
+    from llmtune.hparams.kernel_args import KernelArguments
+    from llmtune.kernel.config import load_kernel_arguments
+
+    config = tmp_path / "kernel.yaml"
+    config.write_text("task: demo_sst2\nmodel_name_or_path: llmtune/tiny-llama\nk_shot: 4\n", encoding="utf-8")
+    run = load_kernel_arguments([str(config)])
+    assert run.data.k_shot == 4 and "k_shot" not in KernelArguments.__dataclass_fields__
+    pool, _ = load_task_examples(load_tasks()["demo_sst2"], "train", None)
+    assert load_kernel_data(run).train == k_shot_split(pool, 4, run.kernel.seed, "demo_sst2")
+    with pytest.raises(ConfigError, match=r"k_shot: 0 \(0 means every training row"):
+        load_kernel_arguments([str(config), "--k_shot", "0"])
 
 
 def test_help_lists_the_kernel_keys(capsys):
@@ -178,4 +196,4 @@ def test_examples_are_valid_kernel_configs(monkeypatch):
     assert len(configs) == 3
     for path in configs:
         run = load_kernel_arguments([str(path)])
-        assert run.kernel.task in ("demo_sst2", "sst2") and run.kernel.k_shot == 16
+        assert run.kernel.task in ("demo_sst2", "sst2") and run.data.k_shot == 16

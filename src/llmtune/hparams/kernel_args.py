@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The DataArguments keys that mean the same for a kernel run (max_samples caps the eval split).
-KERNEL_DATA_KEYS = ("dataset_dir", "max_samples", "cutoff_len", "skip_bad_rows")
+# The DataArguments keys that mean the same for a kernel run (max_samples caps the eval split; k_shot is
+# the per-class draw of kshot.py that training makes too, so a kernel and a fine-tuning run share one key).
+KERNEL_DATA_KEYS = ("dataset_dir", "max_samples", "cutoff_len", "skip_bad_rows", "k_shot")
 
 KERNEL_FORMULAS = ("sgd", "signgd", "asymmetric_signgd")
 KERNEL_SOLVERS = ("lstsq", "logistic", "svr")
@@ -27,9 +28,6 @@ class KernelArguments:
         metadata={
             "help": "A choice task from tasks.json (sst2, rte, cb, boolq, demo_sst2, ...): its prompt and label words."
         },
-    )
-    k_shot: int = field(
-        default=16, metadata={"help": "Training examples per class, drawn with seed from the task's train split."}
     )
     seed: int = field(default=42, metadata={"help": "Seed of the k-shot draw (and of the compared training runs)."})
     kernel_formula: str = field(

@@ -138,7 +138,11 @@ def validate_kernel(run: KernelRun) -> None:
             f"kernel_formula: asymmetric_signgd works on binary tasks (one logit difference); "
             f"task {args.task!r} has {len(task.options)} options: use sgd or signgd"
         )
-    _at_least("k_shot", args.k_shot, 1)
+    if run.data.k_shot < 1:
+        raise ConfigError(
+            f"k_shot: {run.data.k_shot} (0 means every training row, for training only); the kernel needs k "
+            "examples per class >= 1, e.g. --k_shot 16"
+        )
     _at_least("kernel_batch_size", args.kernel_batch_size, 1)
     _at_least("kernel_block_params", args.kernel_block_params, 1)
     _at_least("kernel_ridge", args.kernel_ridge, 0)

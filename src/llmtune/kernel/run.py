@@ -44,7 +44,7 @@ def load_kernel_data(run: KernelRun) -> KernelData:
     """Read the task's train split (drawing the k-shot set) and its eval split (the first ``max_samples``)."""
     task = load_tasks(run.data.dataset_dir)[run.kernel.task]
     pool, train_count = load_task_examples(task, "train", None, run.data.skip_bad_rows)
-    train = k_shot_split(pool, run.kernel.k_shot, run.kernel.seed, task.name)
+    train = k_shot_split(pool, run.data.k_shot, run.kernel.seed, task.name)
     evals, eval_count = load_task_examples(task, "eval", run.data.max_samples, run.data.skip_bad_rows)
     skipped = sum(train_count.skipped.values()) + sum(eval_count.skipped.values())
     return KernelData(task, train, evals, skipped)
@@ -63,7 +63,7 @@ def cache_path(run: KernelRun, split: str, rows: list[TaskExample], cols: list[T
         "adapter": run.model.adapter_name_or_path,
         "task": args.task,
         "split": split,
-        "k_shot": args.k_shot,
+        "k_shot": run.data.k_shot,
         "seed": args.seed,
         "formula": args.kernel_formula,
         "params": args.kernel_params,
@@ -74,7 +74,9 @@ def cache_path(run: KernelRun, split: str, rows: list[TaskExample], cols: list[T
         "cols": [[e.prompt, e.options] for e in cols],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    name = f"{args.task}-{split}-k{args.k_shot}-seed{args.seed}-{args.kernel_formula}-{args.kernel_params}-{digest}.pt"
+    name = (
+        f"{args.task}-{split}-k{run.data.k_shot}-seed{args.seed}-{args.kernel_formula}-{args.kernel_params}-{digest}.pt"
+    )
     return run.cache_dir / name
 
 
@@ -244,7 +246,7 @@ def run_kernel(run: KernelRun, say: Callable[[str], None] = print) -> dict[str, 
             "formula": args.kernel_formula,
             "solver": args.kernel_solver,
             "params": args.kernel_params,
-            "k_shot": args.k_shot,
+            "k_shot": run.data.k_shot,
             "seed": args.seed,
             "train_examples": len(data.train),
             "train_accuracy": train_accuracy,
