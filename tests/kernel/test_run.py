@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llmtune.cli import main
-from llmtune.data.kshot import k_shot_split
+from llmtune.data.kshot import k_shot_split, k_shot_splits
 from llmtune.data.tasks import load_task_examples, load_tasks
 from llmtune.errors import ConfigError
 from llmtune.kernel.config import parse_kernel_args
@@ -43,14 +43,17 @@ def computed(tmp_path_factory):
     """One kernel computation (8 training, 8 eval examples), the run and its data."""
     tmp = tmp_path_factory.mktemp("kernel")
     run = _run(tmp)
-    data = load_kernel_data(run)
+    [data] = load_kernel_data(run)
     return tmp, run, data, compute_kernels(run, data)
 
 
 def test_k_shot_split_has_k_examples_per_class(computed):
     _, _, data, kernels = computed
     assert sorted(e.label for e in data.train) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert sorted(e.label for e in data.dev) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert not {e.prompt for e in data.dev} & {e.prompt for e in data.train}
     assert kernels["train"]["kernel"].shape == (8, 2, 8, 2)
+    assert kernels["dev"]["kernel"].shape == (8, 2, 8, 2)
     assert kernels["eval"]["kernel"].shape == (8, 2, 8, 2)
     assert kernels["eval"]["f0"].shape == (8, 2)
 
@@ -74,31 +77,79 @@ def test_second_run_reads_the_cache_and_loads_no_model(computed, monkeypatch):
 
     monkeypatch.setattr("llmtune.model.load_model", refuse)
     again = compute_kernels(run, data)
-    for split in ("train", "eval"):
+    for split in ("train", "dev", "eval"):
         assert torch.equal(again[split]["kernel"], kernels[split]["kernel"])
         assert torch.equal(again[split]["f0"], kernels[split]["f0"])
     for solver in ("lstsq", "logistic", "svr"):
         result = run_kernel(_run(tmp, kernel_solver=solver), say=lambda _line: None)
         assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
         if solver == "lstsq":
-            assert result["kernel"]["train_accuracy"] == 1.0
+            assert result["per_seed"][0]["train_accuracy"] == 1.0
     out = tmp / "out" / "demo_sst2"
     saved = json.loads((out / "results.json").read_text())
     # llmtune eval's result format, plus the kernel's settings
     assert {"task", "model_id", "split", "examples", "metrics", "num_demos", "format"} <= saved.keys()
-    assert saved["examples"] == 8 and saved["kernel"]["solver"] == "svr"
+    assert saved["examples"] == 8 and saved["kernel"]["solver"] == "svr" and saved["kernel"]["seeds"] == [3]
+    assert saved["metrics"] == saved["per_seed"][0]["test"] and saved["metrics_std"] == {"accuracy": 0.0}
     lines = (out / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) == 8 and {"prediction", "label", "correct"} <= json.loads(lines[0]).keys()
+    assert len(lines) == 8 and {"seed", "prediction", "label", "correct"} <= json.loads(lines[0]).keys()
 
 
 def test_another_seed_or_formula_is_another_cache_entry(computed):
     from llmtune.kernel.run import cache_path
 
     tmp, run, data, _ = computed
-    base = cache_path(run, "train", data.train, data.train)
+    base = cache_path(run, "train", 3, data.train, data.train)
     assert base.is_file()
     other = _run(tmp, kernel_formula="signgd")
-    assert cache_path(other, "train", data.train, data.train) != base
+    assert cache_path(other, "train", 3, data.train, data.train) != base
+    assert cache_path(run, "train", 4, data.train, data.train) != base
+
+
+def _hand_accuracy(kernels: dict, data, split: str) -> float:
+    """Kernel regression by hand: solve ``K^T alpha = y - f0`` (+-1 targets), predict ``f0 + K_x^T alpha``."""
+    n, classes = kernels["train"]["f0"].shape
+    gram = kernels["train"]["kernel"].reshape(n * classes, n * classes)
+    y = torch.full((n, classes), -1.0, dtype=torch.float64)
+    y[torch.arange(n), [e.label for e in data.train]] = 1.0
+    alpha = torch.linalg.solve(gram.T, (y - kernels["train"]["f0"]).reshape(-1))
+    out = kernels[split]["f0"] + (kernels[split]["kernel"].reshape(n * classes, -1).T @ alpha).reshape(-1, classes)
+    examples = getattr(data, split)
+    return sum(int(row.argmax()) == e.label for row, e in zip(out, examples, strict=True)) / len(examples)
+
+
+def test_several_seeds_give_per_seed_dev_and_test_accuracy_and_mean_std(computed, monkeypatch):
+    tmp, _, _, _ = computed
+    lines = []
+    result = run_kernel(_run(tmp, seed="3,5"), say=lines.append)  # seed 3 is cached (fixture); seed 5 is computed
+    draws = load_kernel_data(_run(tmp, seed="3,5"))
+    assert [d.seed for d in draws] == [3, 5] and draws[0].train != draws[1].train
+    pool, _ = load_task_examples(load_tasks()["demo_sst2"], "train", None)
+    for data in draws:
+        assert (data.train, data.dev) == k_shot_splits(pool, 4, data.seed, "demo_sst2")
+    expected = {"test": [], "dev": []}
+    for data, entry in zip(draws, result["per_seed"], strict=True):
+        kernels = compute_kernels(_run(tmp, seed=data.seed), data)  # from the cache
+        assert entry["seed"] == data.seed and entry["train_accuracy"] == 1.0
+        for name, split in (("test", "eval"), ("dev", "dev")):
+            expected[name].append(_hand_accuracy(kernels, data, split))
+            assert entry[name]["accuracy"] == pytest.approx(expected[name][-1], abs=1e-12)
+    for key, name in (("metrics", "test"), ("dev_metrics", "dev")):
+        a, b = expected[name]
+        assert result[key]["accuracy"] == pytest.approx((a + b) / 2)
+        assert result[f"{key}_std"]["accuracy"] == pytest.approx(abs(a - b) / 2)  # population std, as LM-BFF
+    assert len(list((tmp / "cache").glob("demo_sst2-*-seed5-*.pt"))) == 3  # train, dev and eval, cached per seed
+    assert "± " in lines[-1] and lines[-1].endswith("over 2 seeds (3, 5)")
+    saved = json.loads((tmp / "out" / "demo_sst2" / "results.json").read_text())
+    assert saved["per_seed"] == result["per_seed"] and saved["kernel"]["seeds"] == [3, 5]
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the model was loaded although the kernels are cached")
+
+    monkeypatch.setattr("llmtune.model.load_model", refuse)
+    alone = run_kernel(_run(tmp, seed=5), say=lines.append)  # one seed, as before: from the cache
+    assert alone["per_seed"] == result["per_seed"][1:] and alone["metrics"] == result["per_seed"][1]["test"]
+    assert "over" not in lines[-1] and "seed 5;" in lines[-1]
 
 
 @pytest.mark.parametrize(
@@ -110,6 +161,9 @@ def test_another_seed_or_formula_is_another_cache_entry(computed):
         (["--task", "cb", "--kernel_formula", "asymmetric_signgd"], "binary tasks"),
         (["--compare", "full,lora"], "compare"),
         (["--k_shot", "0"], "k_shot"),
+        (["--seed", "13,x"], "seed: 'x' is not an integer"),
+        (["--seed", "13,21,13"], "seed: 13 is given twice"),
+        (["--seed", "13,21", "--compare", "full"], "compare: trains one k-shot split"),
     ],
 )
 def test_bad_input_is_one_line_before_loading(flags, message, capsys):
@@ -129,7 +183,7 @@ def test_k_shot_is_the_data_key_training_reads(tmp_path):
     run = load_kernel_arguments([str(config)])
     assert run.data.k_shot == 4 and "k_shot" not in KernelArguments.__dataclass_fields__
     pool, _ = load_task_examples(load_tasks()["demo_sst2"], "train", None)
-    assert load_kernel_data(run).train == k_shot_split(pool, 4, run.kernel.seed, "demo_sst2")
+    assert load_kernel_data(run)[0].train == k_shot_split(pool, 4, run.kernel.seed, "demo_sst2")
     with pytest.raises(ConfigError, match=r"k_shot: 0 \(0 means every training row"):
         load_kernel_arguments([str(config), "--k_shot", "0"])
 

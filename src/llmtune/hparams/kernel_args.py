@@ -29,7 +29,15 @@ class KernelArguments:
             "help": "A choice task from tasks.json (sst2, rte, cb, boolq, demo_sst2, ...): its prompt and label words."
         },
     )
-    seed: int = field(default=42, metadata={"help": "Seed of the k-shot draw (and of the compared training runs)."})
+    seed: int | list[int] = field(
+        default=42,
+        metadata={
+            "help": "Seed of the k-shot draw, or several (13,21,42,87,100: LM-BFF's and MeZO's five): each seed draws "
+            "its own k_shot training and dev sets (llmtune.data.kshot) and gets its own kernels; the test set is the "
+            "task's eval split for every seed. results.json gives each seed's dev and test accuracy and their mean "
+            "and standard deviation. Also the seed of the compared training runs (compare takes one seed)."
+        },
+    )
     kernel_formula: str = field(
         default="sgd",
         metadata={
