@@ -209,7 +209,7 @@ def _cli(launcher: list[str], flags: dict, cwd: Path) -> subprocess.CompletedPro
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_two_processes_compute_the_same_kernel_as_one(tmp_path):
-    flags = {**FLAGS, "kernel_batch_size": 4}  # 2 row and 2 column batches: tiles for both processes
+    flags = {**FLAGS, "kernel_batch_size": 4}  # 2 row and 2 column batches per split: work for both processes
     run_kernel(_run(tmp_path / "one", **flags), say=lambda _line: None)  # one thread, as the workers below
     two = [shutil.which("torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "llmtune", "kernel"]
     _cli(
@@ -219,7 +219,7 @@ def test_two_processes_compute_the_same_kernel_as_one(tmp_path):
         name: {p.name: torch.load(p, weights_only=True) for p in (tmp_path / name / "cache").glob("*.pt")}
         for name in ("one", "two")
     }
-    assert len(cached["one"]) == 2 and cached["one"].keys() == cached["two"].keys()
+    assert len(cached["one"]) == 3 and cached["one"].keys() == cached["two"].keys()  # train, dev, eval
     for file, content in cached["one"].items():
         assert torch.equal(content["kernel"], cached["two"][file]["kernel"]), file
         assert torch.equal(content["f0"], cached["two"][file]["f0"]), file

@@ -62,13 +62,20 @@ class KernelArguments:
         },
     )
     kernel_batch_size: int = field(
-        default=8, metadata={"help": "Examples per Jacobian along each kernel axis (rows and columns)."}
+        default=8,
+        metadata={
+            "help": "Column examples (dev and test) per product with the held training Jacobians, and examples per "
+            "forward pass for the initial outputs; the Jacobians themselves are taken one example at a time."
+        },
     )
     kernel_block_params: int = field(
         default=20_000_000,
         metadata={
-            "help": "Parameters per streamed block: the Jacobians of one block are held at a time, about "
-            "2 x kernel_batch_size x classes x kernel_block_params x 4 bytes (a larger tensor is a block alone)."
+            "help": "Parameters per streamed block (a larger tensor is a block alone). The training examples' "
+            "Jacobians of one block are held: about k_shot x classes x classes x kernel_block_params x 4 bytes "
+            "(float32; 5.1 GB for 16-shot binary at the default), less the positions where all are zero (most of "
+            "the embedding matrix), plus one column batch's kernel_batch_size x classes x kernel_block_params x 4. "
+            "Fewer, larger blocks are faster: every block costs each column example a forward and backward pass."
         },
     )
     kernel_dtype: str = field(

@@ -3,7 +3,7 @@
 arguments (validated) -> task rows read; for every seed, k examples per class drawn for training and
 another k as the dev set (``llmtune.data.kshot``), the eval split as the test set -> kernels looked
 up in the cache -> (only when one is missing) model loaded once for all seeds, Jacobians streamed
-block by block, tiles split across torchrun processes and summed -> solver -> per-seed dev and test
+block by block, column batches split across torchrun processes and summed -> solver -> per-seed dev and test
 accuracy, their mean and standard deviation (``report``) -> optionally the split fine-tuned with
 ``compare`` methods.
 """
@@ -185,32 +185,40 @@ class KernelModel:
         return self._outputs[key]
 
     def compute(self, data: KernelData, splits: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """``{split: {"kernel", "f0", "seconds"}}`` for the training examples against each split of ``splits``."""
+        """``{split: {"kernel", "f0", "seconds"}}`` of the training examples against each split of ``splits``,
+        in one pass over the parameter blocks (``seconds``: the whole pass)."""
         from llmtune.kernel.kernels import Progress, compute_kernel
 
         loaded = self._load()
+        started = time.perf_counter()
         rows, f0_train = self.encoded(data.train, data.task.name)
-        logger.info("kernel seed %d: %d training examples against %s", data.seed, len(data.train), ", ".join(splits))
+        encoded = {split: self.encoded(getattr(data, split), data.task.name) for split in splits if split != "train"}
+        logger.info(
+            "kernel seed %d: %d training examples against %s",
+            data.seed,
+            len(data.train),
+            ", ".join(f"{split} ({len(getattr(data, split))})" for split in splits),
+        )
+        kernels = compute_kernel(
+            loaded["fn"],
+            loaded["params"],
+            loaded["blocks"],
+            rows,
+            {split: None if split == "train" else encoded[split][0] for split in splits},
+            self.run.kernel.kernel_formula,
+            self.rank,
+            self.world,
+            Progress(f"seed {data.seed}"),
+        )
+        seconds = torch.tensor(time.perf_counter() - started)
         results: dict[str, dict] = {}
         for split in splits:
-            started = time.perf_counter()
-            cols, f0 = (None, f0_train) if split == "train" else self.encoded(getattr(data, split), data.task.name)
-            kernel = compute_kernel(
-                loaded["fn"],
-                loaded["params"],
-                loaded["blocks"],
-                rows,
-                cols,
-                self.run.kernel.kernel_formula,
-                self.rank,
-                self.world,
-                Progress(f"{split} (seed {data.seed})"),
-            )
             if self.world > 1:
                 import torch.distributed as dist
 
-                dist.all_reduce(kernel)  # each entry was filled by exactly one process: the sum is exact
-            results[split] = {"kernel": kernel, "f0": f0, "seconds": torch.tensor(time.perf_counter() - started)}
+                dist.all_reduce(kernels[split])  # each entry was filled by exactly one process: the sum is exact
+            f0 = f0_train if split == "train" else encoded[split][1]
+            results[split] = {"kernel": kernels[split], "f0": f0, "seconds": seconds}
         return results
 
 
