@@ -230,16 +230,49 @@ def test_two_processes_compute_the_same_kernel_as_one(tmp_path):
 
 @pytest.mark.slow
 def test_compare_trains_the_same_split_and_tabulates(tmp_path):
+    """The fine-tuning runs train on the kernel's k-shot split and are scored on the kernel's test examples;
+    the table holds each accuracy as its own predictions give it."""
+    import yaml
+
     config = tmp_path / "compare.yaml"
     config.write_text("max_steps: 4\nper_device_train_batch_size: 8\n", encoding="utf-8")
     lines = []
-    result = run_kernel(_run(tmp_path, compare="full,zo", compare_config=str(config)), say=lines.append)
+    run = _run(tmp_path, compare="full,zo", compare_config=str(config))
+    result = run_kernel(run, say=lines.append)
     out = tmp_path / "out" / "demo_sst2"
     rows = json.loads((out / "compare.json").read_text())
     assert rows == result["compare"] and set(rows) == {"kernel", "full", "zo"}
-    assert all(0.0 <= v <= 1.0 for v in rows.values())
-    assert len((out / "kshot" / "train.jsonl").read_text().splitlines()) == 8  # the kernel's own k-shot split
-    assert (out / "compare" / "full" / "eval").is_dir() and "| zo fine-tuning |" in lines[-1]
+
+    # The split: the kernel's training examples are data.kshot's draw for seed 3, and the task the runs train on
+    pool, _ = load_task_examples(load_tasks()["demo_sst2"], "train", None)
+    drawn = [(e.prompt, e.label) for e in k_shot_split(pool, 4, 3, "demo_sst2")]
+    name = "demo_sst2_k4_seed3"
+    split_task = load_tasks(str(out / "kshot"))[name]
+    trained_on, _ = load_task_examples(split_task, "train", None)
+    assert [(e.prompt, e.label) for e in trained_on] == drawn
+    tested_on, _ = load_task_examples(split_task, "eval", None)
+    [data] = load_kernel_data(run)
+    assert [(e.prompt, e.label) for e in tested_on] == [(e.prompt, e.label) for e in data.eval]
+    for method in ("full", "zo"):
+        used = yaml.safe_load((out / "compare" / method / "training_args.yaml").read_text())
+        assert (used["dataset"], used["dataset_dir"], used["seed"]) == (name, str(out / "kshot"), 3)
+        assert used["finetuning_type"] == method and used["train_as_classification"] is True
+
+    # The table: each accuracy is its own predictions' on the same 8 test examples, in the same order
+    def accuracy(path: Path) -> tuple[float, list[int]]:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return sum(r["correct"] for r in records) / len(records), [r["label"] for r in records]
+
+    kernel_accuracy, labels = accuracy(out / "predictions.jsonl")
+    assert labels == [e.label for e in data.eval] and rows["kernel"] == kernel_accuracy == result["metrics"]["accuracy"]
+    table = (out / "compare.md").read_text()
+    for method in ("full", "zo"):
+        scored = out / "compare" / method / "eval" / name
+        method_accuracy, method_labels = accuracy(scored / "predictions.jsonl")
+        assert method_labels == labels and json.loads((scored / "results.json").read_text())["examples"] == 8
+        assert rows[method] == pytest.approx(method_accuracy)
+        assert f"| {method} fine-tuning | {rows[method]:.4f} |" in table
+    assert f"| kernel (sgd, lstsq) | {rows['kernel']:.4f} |" in table and table.rstrip() == lines[-1]
 
 
 def test_examples_are_valid_kernel_configs(monkeypatch):
