@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,21 @@ def test_several_seeds_give_per_seed_dev_and_test_accuracy_and_mean_std(computed
     alone = run_kernel(_run(tmp, seed=5), say=lines.append)  # one seed, as before: from the cache
     assert alone["per_seed"] == result["per_seed"][1:] and alone["metrics"] == result["per_seed"][1]["test"]
     assert "over" not in lines[-1] and "seed 5;" in lines[-1]
+
+
+def test_benchmark_entry_points_write_per_seed_results(computed, tmp_path):
+    """In-process (``run_kernel_config``) and as a subprocess (``python -m llmtune kernel``), as a benchmark calls it."""
+    from llmtune.kernel.run import run_kernel_config
+
+    cache = computed[0] / "cache"  # seed 3's kernels are there already
+    flags = {**FLAGS, "seed": "3,5", "kernel_formula": "sgd", "kernel_cache_dir": str(cache)}
+    inline = run_kernel_config({**flags, "output_dir": str(tmp_path / "inline")}, say=lambda _line: None)
+    proc = _cli([sys.executable, "-m", "llmtune", "kernel"], {**flags, "output_dir": tmp_path / "cli"}, ROOT)
+    saved = json.loads((tmp_path / "cli" / "demo_sst2" / "results.json").read_text())
+    assert saved["per_seed"] == inline["per_seed"] and [s["seed"] for s in saved["per_seed"]] == [3, 5]
+    assert all({"test", "dev"} <= entry.keys() for entry in saved["per_seed"])
+    assert saved["metrics"]["accuracy"] == pytest.approx(sum(s["test"]["accuracy"] for s in saved["per_seed"]) / 2)
+    assert "over 2 seeds (3, 5)" in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -272,3 +272,12 @@ def run_kernel(run: KernelRun, say: Callable[[str], None] = print) -> dict[str, 
 
         result["compare"] = run_compare(run, scored[0].data, result, say)
     return result
+
+
+def run_kernel_config(config: dict[str, Any], say: Callable[[str], None] = print) -> dict[str, Any]:
+    """``llmtune kernel`` in-process: ``{key: value}`` with the CLI's keys (``seed`` a list or ``"13,21"``) ->
+    the result also written to ``<output_dir>/<task>/results.json``. Raises a one-line ``ConfigError``
+    for a bad key or value before anything loads."""
+    from llmtune.kernel.config import parse_kernel_args
+
+    return run_kernel(parse_kernel_args(config), say)
