@@ -296,7 +296,8 @@ def test_examples_are_valid_kernel_configs(monkeypatch):
 
     monkeypatch.chdir(ROOT)  # the compare example names its training keys by a path from the repository
     configs = [p for p in sorted((ROOT / "examples" / "kernel").glob("*.yaml")) if "task:" in p.read_text()]
-    assert len(configs) == 3
+    assert len(configs) == 4
     for path in configs:
         run = load_kernel_arguments([str(path)])
-        assert run.kernel.task in ("demo_sst2", "sst2") and run.data.k_shot == 16
+        assert run.kernel.task in ("demo_sst2", "sst2", "tweet_sentiment") and run.data.k_shot == 16
+        assert run.seeds == ([13, 21, 42, 87, 100] if run.kernel.task == "tweet_sentiment" else [42])
