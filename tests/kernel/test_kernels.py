@@ -39,7 +39,7 @@ def tiny():
     return model, tokenizer, items, params, dense
 
 
-def _kernel(tiny, formula, batch_size=2, block_params=30_000):
+def _kernel(tiny, formula, batch_size=2, block_params=30_000, columns=None):
     model, tokenizer, items, params, _ = tiny
     every = {n: p.detach() for n, p in model.named_parameters()}
     output_fn = label_logits(model, difference=formula == "asymmetric_signgd")
@@ -49,12 +49,13 @@ def _kernel(tiny, formula, batch_size=2, block_params=30_000):
 
     blocks = parameter_blocks(params, block_params)
     assert len(blocks) >= 2  # several streamed blocks
-    return compute_kernel(fn, params, blocks, batches(items, batch_size, tokenizer.pad_token_id), None, formula)
+    rows = batches(items, batch_size, tokenizer.pad_token_id)
+    return compute_kernel(fn, params, blocks, rows, columns or {"train": None}, formula)
 
 
 @pytest.fixture(scope="module")
 def sgd_kernel(tiny):
-    return _kernel(tiny, "sgd", batch_size=3)
+    return _kernel(tiny, "sgd", batch_size=3)["train"]
 
 
 def test_sgd_kernel_equals_dense_jacobian_products(tiny, sgd_kernel):
@@ -64,9 +65,47 @@ def test_sgd_kernel_equals_dense_jacobian_products(tiny, sgd_kernel):
     torch.testing.assert_close(kernel, expected, rtol=2e-4, atol=1e-6 * expected.abs().max().item())
 
 
+def test_column_sets_are_the_rows_against_other_examples(tiny):
+    """Two column sets beside the rows themselves, in batches of 2 and 3 (padded): each at its own offsets."""
+    _, tokenizer, items, _, dense = tiny
+    pad = tokenizer.pad_token_id
+    columns = {"train": None, "dev": batches(items[3:], 2, pad), "eval": batches(items[::-1], 3, pad)}
+    kernels = _kernel(tiny, "sgd", batch_size=2, columns=columns)
+    for name, cols in (("train", dense), ("dev", dense[3:]), ("eval", dense.flip(0))):
+        expected = torch.einsum("acp,bdp->acbd", dense, cols)
+        assert kernels[name].shape == expected.shape
+        torch.testing.assert_close(kernels[name], expected, rtol=2e-4, atol=1e-6 * expected.abs().max().item())
+
+
+def test_positions_where_every_row_is_zero_are_dropped_exactly(tiny):
+    """With the embedding matrix in the block, the rows keep only its non-zero positions; the kernels are
+    the dense Jacobians' products all the same (rows against themselves and against other examples)."""
+    from llmtune.kernel.kernels import jacobian, row_jacobians
+
+    model, tokenizer, items, _, _ = tiny
+    every = {n: p.detach() for n, p in model.named_parameters()}
+    output_fn = label_logits(model)
+
+    def fn(part, batch):
+        return output_fn({**every, **part}, batch)
+
+    params = {n: p for n, p in select_parameters(model, "all").items() if "embed" in n or "layers.1.mlp" in n}
+    rows, cols = batches(items[:3], 2, tokenizer.pad_token_id), batches(items[3:], 2, tokenizer.pad_token_id)
+    names = list(params)
+    _, kept = row_jacobians(fn, params, names, rows)
+    size, embedding = sum(p.numel() for p in params.values()), params["model.embed_tokens.weight"].numel()
+    assert kept is not None and size - len(kept) > embedding // 2  # most of the embedding matrix is dropped
+    dense_rows = torch.cat([jacobian(fn, params, names, b) for b in rows]).double()
+    dense_cols = torch.cat([jacobian(fn, params, names, b) for b in cols]).double()
+    kernels = compute_kernel(fn, params, [names], rows, {"train": None, "eval": cols}, "sgd")
+    for name, other in (("train", dense_rows), ("eval", dense_cols)):
+        expected = torch.einsum("acp,bdp->acbd", dense_rows, other)
+        torch.testing.assert_close(kernels[name], expected, rtol=1e-5, atol=1e-7 * expected.abs().max().item())
+
+
 def test_signgd_kernel_is_the_inner_product_of_signs(tiny):
     dense = tiny[4]
-    kernel = _kernel(tiny, "signgd", batch_size=5)
+    kernel = _kernel(tiny, "signgd", batch_size=5)["train"]
     signs = dense.sign()
     expected = torch.einsum("acp,bdp->acbd", signs, signs)
     # An entry is a count of agreeing minus disagreeing signs; float noise may flip the sign of a few
@@ -78,7 +117,7 @@ def test_signgd_kernel_is_the_inner_product_of_signs(tiny):
 def test_asymmetric_signgd_pairs_signs_with_plain_jacobians(tiny):
     dense = tiny[4]
     diff = (dense[:, 1] - dense[:, 0]).unsqueeze(1)  # the logit difference's Jacobian
-    kernel = _kernel(tiny, "asymmetric_signgd", batch_size=5)
+    kernel = _kernel(tiny, "asymmetric_signgd", batch_size=5)["train"]
     expected = torch.einsum("acp,bdp->acbd", diff.sign(), diff)
     assert kernel.shape == (5, 1, 5, 1)
     torch.testing.assert_close(kernel, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item())
@@ -114,8 +153,8 @@ def test_kernel_prediction_equals_gradient_descent_on_a_linear_model():
 
     train_batches, eval_batches = [as_batch(x_train[:4]), as_batch(x_train[4:])], [as_batch(x_eval)]
     blocks = parameter_blocks(params, 10)
-    k_train = compute_kernel(output_fn, params, blocks, train_batches, None, "sgd")
-    k_eval = compute_kernel(output_fn, params, blocks, train_batches, eval_batches, "sgd")
+    kernels = compute_kernel(output_fn, params, blocks, train_batches, {"train": None, "eval": eval_batches}, "sgd")
+    k_train, k_eval = kernels["train"], kernels["eval"]
     f0_train, f0_eval = (
         initial_outputs(output_fn, params, train_batches),
         initial_outputs(output_fn, params, eval_batches),

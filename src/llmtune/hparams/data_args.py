@@ -54,9 +54,10 @@ class DataArguments:
     k_shot: int = field(
         default=0,
         metadata={
-            "help": "Tasks only: train on k examples per class drawn with `seed` from each task's train split "
-            "(LM-BFF's and MeZO's protocol; 0: every row). With train_as_classification and no eval_dataset, another "
-            "k per class is the dev set evaluated during training; the task's eval split stays the test set."
+            "help": "Tasks only: k examples per class drawn with `seed` from each task's train split for training, and "
+            "another k per class as the dev set (LM-BFF's and MeZO's protocol); the task's eval split stays the test "
+            "set. Training (train_as_classification): 0 trains on every row; with no eval_dataset the dev set is "
+            "evaluated during training. llmtune kernel: required (>= 1; the papers use 16)."
         },
     )
     val_size: float = field(

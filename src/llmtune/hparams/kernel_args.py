@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The DataArguments keys that mean the same for a kernel run (max_samples caps the eval split).
-KERNEL_DATA_KEYS = ("dataset_dir", "max_samples", "cutoff_len", "skip_bad_rows")
+# The DataArguments keys that mean the same for a kernel run (max_samples caps the eval split; k_shot is
+# the per-class draw of kshot.py that training makes too, so a kernel and a fine-tuning run share one key).
+KERNEL_DATA_KEYS = ("dataset_dir", "max_samples", "cutoff_len", "skip_bad_rows", "k_shot")
 
 KERNEL_FORMULAS = ("sgd", "signgd", "asymmetric_signgd")
 KERNEL_SOLVERS = ("lstsq", "logistic", "svr")
@@ -28,10 +29,15 @@ class KernelArguments:
             "help": "A choice task from tasks.json (sst2, rte, cb, boolq, demo_sst2, ...): its prompt and label words."
         },
     )
-    k_shot: int = field(
-        default=16, metadata={"help": "Training examples per class, drawn with seed from the task's train split."}
+    seed: int | list[int] = field(
+        default=42,
+        metadata={
+            "help": "Seed of the k-shot draw, or several (13,21,42,87,100: LM-BFF's and MeZO's five): each seed draws "
+            "its own k_shot training and dev sets (llmtune.data.kshot) and gets its own kernels; the test set is the "
+            "task's eval split for every seed. results.json gives each seed's dev and test accuracy and their mean "
+            "and standard deviation. Also the seed of the compared training runs (compare takes one seed)."
+        },
     )
-    seed: int = field(default=42, metadata={"help": "Seed of the k-shot draw (and of the compared training runs)."})
     kernel_formula: str = field(
         default="sgd",
         metadata={
@@ -56,13 +62,20 @@ class KernelArguments:
         },
     )
     kernel_batch_size: int = field(
-        default=8, metadata={"help": "Examples per Jacobian along each kernel axis (rows and columns)."}
+        default=8,
+        metadata={
+            "help": "Column examples (dev and test) per product with the held training Jacobians, and examples per "
+            "forward pass for the initial outputs; the Jacobians themselves are taken one example at a time."
+        },
     )
     kernel_block_params: int = field(
         default=20_000_000,
         metadata={
-            "help": "Parameters per streamed block: the Jacobians of one block are held at a time, about "
-            "2 x kernel_batch_size x classes x kernel_block_params x 4 bytes (a larger tensor is a block alone)."
+            "help": "Parameters per streamed block (a larger tensor is a block alone). The training examples' "
+            "Jacobians of one block are held: about k_shot x classes x classes x kernel_block_params x 4 bytes "
+            "(float32; 5.1 GB for 16-shot binary at the default), less the positions where all are zero (most of "
+            "the embedding matrix), plus one column batch's kernel_batch_size x classes x kernel_block_params x 4. "
+            "Fewer, larger blocks are faster: every block costs each column example a forward and backward pass."
         },
     )
     kernel_dtype: str = field(

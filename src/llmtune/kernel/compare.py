@@ -60,11 +60,11 @@ def training_config(run: KernelRun, method: str, dataset: str, dataset_dir: Path
         "cutoff_len": run.data.cutoff_len,
         "output_dir": str(output_dir),
         "overwrite_output_dir": True,
-        "per_device_train_batch_size": min(16, run.kernel.k_shot * 2),
+        "per_device_train_batch_size": min(16, run.data.k_shot * 2),
         "lr_scheduler_type": "constant",
         "logging_steps": 10,
         "save_strategy": "no",
-        "seed": run.kernel.seed,
+        "seed": run.seeds[0],
         "report_to": "none",
         "disable_tqdm": True,
         **DEFAULTS[method],
@@ -83,7 +83,7 @@ def run_compare(run: KernelRun, data: Any, kernel_result: dict, say: Callable[[s
     from llmtune.train.run import run_sft
 
     out = run.output_dir / data.task.name
-    name = f"{data.task.name}_k{run.kernel.k_shot}_seed{run.kernel.seed}"
+    name = f"{data.task.name}_k{run.data.k_shot}_seed{data.seed}"
     split_dir = out / "kshot"
     write_split(split_dir, name, data.train, data.eval)
     rows = {"kernel": kernel_result["metrics"]["accuracy"]}
@@ -104,7 +104,7 @@ def run_compare(run: KernelRun, data: Any, kernel_result: dict, say: Callable[[s
         rows[method] = scored["metrics"]["accuracy"]
     kernel = kernel_result["kernel"]
     table = [
-        f"| {data.task.name}, {run.kernel.k_shot}-shot, seed {run.kernel.seed} | accuracy ({len(data.eval)} eval examples) |",
+        f"| {data.task.name}, {run.data.k_shot}-shot, seed {data.seed} | accuracy ({len(data.eval)} eval examples) |",
         "|---|---|",
         f"| kernel ({kernel['formula']}, {kernel['solver']}) | {rows['kernel']:.4f} |",
         *[f"| {method} fine-tuning | {rows[method]:.4f} |" for method in run.compare_methods],

@@ -60,6 +60,11 @@ class KernelRun:
         return llmtune_home() / "kernel_cache"
 
     @property
+    def seeds(self) -> list[int]:
+        """The k-shot seeds, in the order given (``seed: 42`` or ``seed: 13,21,42``)."""
+        return parse_seeds(self.kernel.seed)
+
+    @property
     def compare_methods(self) -> list[str]:
         """The finetuning types of ``compare``, in the order given."""
         return [m.strip() for m in (self.kernel.compare or "").split(",") if m.strip()]
@@ -103,6 +108,22 @@ def parse_kernel_args(config: dict[str, Any]) -> KernelRun:
     return run
 
 
+def parse_seeds(value: int | list[Any]) -> list[int]:
+    """``42`` or ``[13, "21", ...]`` (YAML list or comma-separated flag) -> distinct integer seeds."""
+    seeds = []
+    for item in value if isinstance(value, list) else [value]:
+        text = str(item).strip()
+        if isinstance(item, bool) or not text.lstrip("-").isdigit():
+            raise ConfigError(f"seed: {item!r} is not an integer; give one seed (42) or several (13,21,42,87,100)")
+        seeds.append(int(text))
+    if not seeds:
+        raise ConfigError("seed: no seed given; give one seed (42) or several (13,21,42,87,100)")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"seed: {twice[0]} is given twice in {seeds}; each seed draws one k-shot split")
+    return seeds
+
+
 def _at_least(name: str, value: float | None, low: float) -> None:
     if value is not None and (value != value or value < low):
         raise ConfigError(f"{name}: {value} must be >= {low:g}")
@@ -138,7 +159,11 @@ def validate_kernel(run: KernelRun) -> None:
             f"kernel_formula: asymmetric_signgd works on binary tasks (one logit difference); "
             f"task {args.task!r} has {len(task.options)} options: use sgd or signgd"
         )
-    _at_least("k_shot", args.k_shot, 1)
+    if run.data.k_shot < 1:
+        raise ConfigError(
+            f"k_shot: {run.data.k_shot} (0 means every training row, for training only); the kernel needs k "
+            "examples per class >= 1, e.g. --k_shot 16"
+        )
     _at_least("kernel_batch_size", args.kernel_batch_size, 1)
     _at_least("kernel_block_params", args.kernel_block_params, 1)
     _at_least("kernel_ridge", args.kernel_ridge, 0)
@@ -147,9 +172,15 @@ def validate_kernel(run: KernelRun) -> None:
     _at_least("lora_rank", args.lora_rank, 1)
     _at_least("max_samples", run.data.max_samples, 1)
     _at_least("cutoff_len", run.data.cutoff_len, 1)
+    seeds = run.seeds
     for method in run.compare_methods:
         if method not in COMPARE_METHODS:
             raise one_of("compare", method, COMPARE_METHODS)
+    if run.compare_methods and len(seeds) > 1:
+        raise ConfigError(
+            f"compare: trains one k-shot split; seed gives {len(seeds)} ({', '.join(map(str, seeds))}): run compare "
+            "once per seed"
+        )
     if run.compare_methods and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("compare: runs training itself; start `llmtune kernel --compare` without torchrun")
     if args.compare_config:

@@ -41,6 +41,17 @@ class KernelBatch:
         """The same batch on ``device``."""
         return KernelBatch(*(t.to(device) for t in vars(self).values()))
 
+    def __len__(self) -> int:
+        return self.label_ids.shape[0]
+
+    def example(self, index: int) -> KernelBatch:
+        """Example ``index`` alone, without its left padding (a batch of one)."""
+        one = [t[index : index + 1] for t in vars(self).values()]
+        if self.attention_mask.dim() == 2:
+            width = int(self.attention_mask[index].sum())
+            one[:3] = [t[:, t.shape[1] - width :] for t in one[:3]]
+        return KernelBatch(*one)
+
 
 def encode_examples(
     tokenizer: Any, examples: list[TaskExample], task_name: str, max_length: int

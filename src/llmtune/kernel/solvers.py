@@ -12,8 +12,14 @@ torch, on the CPU; scikit-learn is not needed:
 
 * ``lstsq``: ``alpha = argmin ||K^T alpha - (y - f0)||`` (minimum norm), with ``kernel_ridge`` lambda
   adding ``lambda ||K||_F I`` to the kernel first; without ridge it interpolates the training targets
-  whenever the kernel is non-singular. For a model linear in its parameters this is exactly where
-  gradient descent on the squared loss converges from the initial parameters.
+  whenever the kernel is non-singular. With the ``sgd`` kernel (the eNTK) and no ridge, this is where
+  gradient descent (small enough steps) on the squared loss converges from the initial parameters
+  for the model linearised there, ``f0(x) + J(x) (theta - theta0)``: exactly so for a model linear in
+  its parameters (tested), and for a network only as far as fine-tuning stays in that kernel regime.
+  The ``signgd`` and ``asymmetric_signgd`` kernels describe how one step of sign-based descent
+  (SignGD; Adam's early steps) moves the outputs early in training (Malladi et al., 2023, Sec. 4);
+  solving a kernel problem with them is kernel regression with that kernel, as the paper does, not
+  the limit of any training run: SignGD does not converge to this solution.
 * ``logistic``: cross-entropy of ``f`` (softmax over the label words; ``C = 1``: sigmoid) plus
   ``||alpha||^2 / (2 C_reg N)``, on the kernel normalised by its mean diagonal, by L-BFGS.
 * ``svr``: the L2-loss (squared epsilon-insensitive) SVR of LIBLINEAR in kernel form,
