@@ -104,6 +104,10 @@ ROWS: dict[str, dict] = {
                  "grid": [1e-6, 1e-5]},
     "adazeta": {"kind": "train", "family": "zo", "options": {"finetuning_type": "adazeta"},
                 "grid": [1e-4, 3e-4]},
+    # LM-Kernel-FT: no training; the eNTK of the label-word logits on the seed's k-shot split (llmtune kernel)
+    "kernel_sgd": {"kind": "kernel", "formula": "sgd", "solver": "lstsq"},
+    "kernel_signgd": {"kind": "kernel", "formula": "signgd", "solver": "lstsq"},
+    "kernel_asymmetric_signgd": {"kind": "kernel", "formula": "asymmetric_signgd", "solver": "lstsq"},
 }  # fmt: skip
 ORDER = list(ROWS)
 
@@ -251,6 +255,33 @@ def run_train(job: dict) -> dict:
     }
 
 
+def run_kernel_row(job: dict) -> dict:
+    """One seed of ``llmtune kernel`` (the eNTK solved as a kernel problem) on the same split and test set."""
+    from llmtune.kernel.run import run_kernel_config
+
+    config = {
+        "model_name_or_path": job["model"],
+        "task": job["task"],
+        "k_shot": job["k"],
+        "seed": [job["seed"]],
+        "kernel_formula": job["formula"],
+        "kernel_solver": job["solver"],
+        "kernel_params": "all",
+        "output_dir": job["output_dir"],
+    }
+    if job.get("test_samples"):
+        config["max_samples"] = job["test_samples"]
+    start = time.perf_counter()
+    result = run_kernel_config(config, say=lambda line: None)
+    seed = result["per_seed"][0]
+    return {
+        "test_accuracy": seed["test"]["accuracy"],
+        "dev_accuracy": seed["dev"]["accuracy"],
+        "trainable_params": 0,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
 def _queries(optimizer) -> int:
     """Perturbations (pairs of forward passes) of the step just taken by a zeroth-order optimizer, else 0."""
     report = getattr(getattr(optimizer, "optimizer", optimizer), "last_report", None)
@@ -259,7 +290,8 @@ def _queries(optimizer) -> int:
 
 def child(job_path: str, result_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
-    result = run_score(job) if job["kind"] == "score" else run_train(job)
+    runner = {"score": run_score, "train": run_train, "kernel": run_kernel_row}[job["kind"]]
+    result = runner(job)
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(result_path).write_text(json.dumps(result))
     return 0
@@ -370,6 +402,17 @@ def jobs_of(row: str, budget: str, seeds: list[int], setting: dict, path: Path =
     if spec["kind"] == "score":
         for seed in [None] if spec["demos"] == 0 else seeds:
             yield {**base, "seed": seed, "demos": spec["demos"], "lr": None, "phase": "final"}
+        return
+    if spec["kind"] == "kernel":
+        for seed in seeds:
+            yield {
+                **base,
+                "seed": seed,
+                "formula": spec["formula"],
+                "solver": spec["solver"],
+                "lr": None,
+                "phase": "final",
+            }
         return
     family = BUDGETS[budget][spec["family"]]
     train = {**base, **family, "options": spec["options"]}

@@ -32,6 +32,9 @@ WHAT = {
     "zo_prefix": "MeZO on 5 prefix tokens",
     "zo_adamu": "ZO-AdaMU",
     "adazeta": "AdaZeta: zeroth-order tensor-train adapters, growing queries",
+    "kernel_sgd": "LM-Kernel-FT: eNTK of the label-word logits (SGD kernel), least squares, no training",
+    "kernel_signgd": "LM-Kernel-FT: sign-GD kernel, least squares",
+    "kernel_asymmetric_signgd": "LM-Kernel-FT: asymmetric sign-GD kernel, least squares",
 }
 
 
@@ -56,7 +59,7 @@ def chosen_runs(records: list[dict], row: str) -> list[dict]:
     mine = [r for r in records if r["row"] == row and "error" not in r]
     if not mine:
         return []
-    if mine[0]["kind"] == "score":
+    if mine[0]["kind"] in ("score", "kernel"):
         return sorted(mine, key=lambda r: r.get("seed") or 0)
     finals = [r for r in mine if r.get("phase") == "final"]
     grid = [r for r in mine if r.get("phase") == "grid"]

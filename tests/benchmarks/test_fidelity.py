@@ -59,18 +59,19 @@ def test_a_busy_runs_time_is_not_reported():
 
 @pytest.mark.slow
 def test_the_suite_runs_resumes_and_writes_its_page(tmp_path):
-    """Two rows on the tiny model and demo_sst2 (k = 4, 2 seeds, 2 steps); a second call runs nothing."""
+    """Three rows on the tiny model and demo_sst2 (k = 4, 2 seeds, 2 steps); a second call runs nothing."""
     results = tmp_path / "results.jsonl"
     argv = ["--budget", "smoke", "--model", "llmtune/tiny-llama", "--task", "demo_sst2", "--k", "4"]
-    argv += ["--test_samples", "8", "--rows", "zero_shot,zo", "--seeds", "13,21", "--results", str(results)]
+    argv += ["--test_samples", "8", "--rows", "zero_shot,zo,kernel_sgd", "--seeds", "13,21", "--results", str(results)]
     assert fidelity.main(argv) == 0
     runs = [json.loads(line) for line in results.read_text().splitlines()]
     assert [(r["row"], r["seed"], r["phase"]) for r in runs] == [
         ("zero_shot", None, "final"), ("zo", 13, "grid"), ("zo", 13, "grid"), ("zo", 21, "final"),
+        ("kernel_sgd", 13, "final"), ("kernel_sgd", 21, "final"),
     ]  # fmt: skip
     assert all("error" not in r and 0 <= r["test_accuracy"] <= 1 for r in runs)
     assert runs[1]["curve"][0]["step"] == 0 and runs[1]["curve"][-1]["step"] == 2
     assert fidelity.main(argv) == 0
-    assert len(results.read_text().splitlines()) == 4  # resumed: nothing ran again
+    assert len(results.read_text().splitlines()) == 6  # resumed: nothing ran again
     page = (tmp_path / "fidelity.md").read_text()
     assert "| zo | MeZO" in page and "not run yet" in page
