@@ -343,12 +343,21 @@ def done_key(record: dict) -> tuple:
     return record["row"], record.get("seed"), record.get("lr"), record["budget"], record["model"], record["task"]
 
 
+# The children's environment unless the caller's says otherwise (the caller's own is left as it is).
+CHILD_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "LLMTUNE_LOG_LEVEL": "WARNING",
+}
+
+
 def run_job(job: dict, timeout: float) -> dict:
     """Run one job in a fresh process and return its record (``error`` says why a run has no result)."""
     work = Path(tempfile.mkdtemp(prefix=f"fidelity-{job['row']}-"))
     job = {**job, "output_dir": str(work / "out")}
     (work / "job.json").write_text(json.dumps(job))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    env = {**CHILD_ENV, **os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     load_before = os.getloadavg()[0]
     began = time.time()
     record = {k: v for k, v in job.items() if k not in ("output_dir", "options")}
@@ -442,10 +451,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only write docs/fidelity.md from the results")
     parser.add_argument("--child", nargs=2, metavar=("JOB", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("LLMTUNE_LOG_LEVEL", "WARNING")
     if args.child:
         return child(*args.child)
     from benchmarks.fidelity_report import write_report

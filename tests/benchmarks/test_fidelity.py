@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -63,7 +64,9 @@ def test_the_suite_runs_resumes_and_writes_its_page(tmp_path):
     results = tmp_path / "results.jsonl"
     argv = ["--budget", "smoke", "--model", "llmtune/tiny-llama", "--task", "demo_sst2", "--k", "4"]
     argv += ["--test_samples", "8", "--rows", "zero_shot,zo,kernel_sgd", "--seeds", "13,21", "--results", str(results)]
+    before = dict(os.environ)
     assert fidelity.main(argv) == 0
+    assert dict(os.environ) == before  # later tests' subprocesses inherit this process's environment
     runs = [json.loads(line) for line in results.read_text().splitlines()]
     assert [(r["row"], r["seed"], r["phase"]) for r in runs] == [
         ("zero_shot", None, "final"), ("zo", 13, "grid"), ("zo", 13, "grid"), ("zo", 21, "final"),
