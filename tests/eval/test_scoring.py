@@ -82,3 +82,29 @@ def test_scores_do_not_depend_on_padding_or_batching() -> None:
     for row, single in zip(together, alone, strict=True):
         n = int(torch.isfinite(single).sum())
         assert row[:n].tolist() == pytest.approx(single[:n].tolist(), abs=1e-4)
+
+
+def test_single_token_options_share_the_prompt_and_score_as_the_option_rows_do() -> None:
+    """The shared-prompt form (one row per example) gives the per-option rows' scores, with half the rows."""
+    from llmtune.hparams import ModelArguments
+    from llmtune.model import load_model
+
+    model = load_model(ModelArguments(model_name_or_path="llmtune/tiny-llama"), for_training=False).eval()
+    features = [
+        {"prompt_ids": [5, 6, 7, 8, 9, 10], "option_ids": [[20], [22]], "label": 0},
+        {"prompt_ids": [30], "option_ids": [[31], [34], [35]], "label": 2},
+        {"prompt_ids": [40, 41], "option_ids": [[42], [43]], "label": None},
+    ]
+    shared = ClassificationCollator(pad_token_id=PAD)(features)
+    rows = ClassificationCollator(pad_token_id=PAD, share_prompt=False)(features)
+    assert shared["input_ids"].shape[0] == 3 and rows["input_ids"].shape[0] == 7
+    assert shared["cls_option_tokens"].tolist() == [[20, 22, -1], [31, 34, 35], [42, 43, -1]]
+    assert shared["cls_option_mask"].tolist()[1] == [1, 0, 0, 0, 0, 0]  # the last prompt token predicts the answer
+    assert shared["cls_labels"].tolist() == rows["cls_labels"].tolist() == [0, 2, -100]
+    with torch.no_grad():
+        got, want = option_scores(model, shared), option_scores(model, rows)
+    assert torch.isinf(got[0, 2]) and torch.isinf(want[0, 2])
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(got[finite], want[finite], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="option_scores"):
+        option_log_likelihoods(model, shared)

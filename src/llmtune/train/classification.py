@@ -18,6 +18,14 @@ one, can call them on the same batches):
   example ``b``; ``-1`` where an example has fewer than ``C`` options.
 * ``cls_labels``       LongTensor ``[B]``: the gold option of each example (``-100``: unknown).
 
+When every option in a batch is a single token (label words such as ``great`` / ``terrible``), the
+collator shares the prompt instead (``share_prompt``, on by default): one row per example, half the
+forward work with two options, the same scores. Then ``input_ids`` is ``[B, L]`` (the prompt only),
+``cls_option_mask`` is 1 at each row's last prompt token (the position that predicts the answer),
+``cls_option_index`` keeps its ``-1`` for absent options, and
+
+* ``cls_option_tokens`` LongTensor ``[B, C]``: the token of option ``c`` of example ``b`` (``-1``: absent).
+
 A batch has no ``labels`` key, so the HF Trainer counts no tokens for it and divides the loss by the
 gradient-accumulation steps itself; :func:`is_classification_batch` tells such batches apart.
 For ``zo_objective: accuracy``: ``-(option_scores(model, batch).argmax(1) == batch["cls_labels"]).float().mean()``.
@@ -46,6 +54,7 @@ logger = logging.getLogger("llmtune")
 
 OPTION_MASK = "cls_option_mask"
 OPTION_INDEX = "cls_option_index"
+OPTION_TOKENS = "cls_option_tokens"
 CLASS_LABELS = "cls_labels"
 IGNORE_LABEL = -100
 
@@ -60,8 +69,12 @@ class ClassificationCollator:
     """Pad per-example ``{"prompt_ids", "option_ids", "label"}`` dicts into the batch contract above."""
 
     pad_token_id: int
+    share_prompt: bool = True
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        labels = torch.tensor([IGNORE_LABEL if f.get("label") is None else f["label"] for f in features])
+        if self.share_prompt and all(len(option) == 1 for f in features for option in f["option_ids"]):
+            return self._shared(features, labels)
         rows = [(f["prompt_ids"], option) for f in features for option in f["option_ids"]]
         width = max(len(prompt) + len(option) for prompt, option in rows)
         count = len(rows)
@@ -80,12 +93,35 @@ class ClassificationCollator:
             n = len(f["option_ids"])
             option_index[b, :n] = torch.arange(start, start + n)
             start += n
-        labels = torch.tensor([IGNORE_LABEL if f.get("label") is None else f["label"] for f in features])
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             OPTION_MASK: option_mask,
             OPTION_INDEX: option_index,
+            CLASS_LABELS: labels,
+        }
+
+    def _shared(self, features: list[dict], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The single-token form: one row per example (its prompt), the options as token ids."""
+        width = max(len(f["prompt_ids"]) for f in features)
+        most = max(len(f["option_ids"]) for f in features)
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        answer = torch.zeros((len(features), width), dtype=torch.long)
+        tokens = torch.full((len(features), most), -1, dtype=torch.long)
+        for b, f in enumerate(features):
+            n = len(f["prompt_ids"])
+            input_ids[b, :n] = torch.tensor(list(f["prompt_ids"]), dtype=torch.long)
+            attention_mask[b, :n] = 1
+            answer[b, n - 1] = 1
+            tokens[b, : len(f["option_ids"])] = torch.tensor([option[0] for option in f["option_ids"]])
+        index = torch.where(tokens >= 0, torch.arange(most).expand_as(tokens), -1)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            OPTION_MASK: answer,
+            OPTION_INDEX: index,
+            OPTION_TOKENS: tokens,
             CLASS_LABELS: labels,
         }
 
@@ -96,6 +132,8 @@ def option_log_likelihoods(
     """Log-likelihood of each row's option tokens given what precedes them, ``[N]`` (mean per token
     when ``length_normalized``, else the sum). The LM head runs only at the positions that predict an
     option token (:func:`llmtune.model.head.logits_at`)."""
+    if OPTION_TOKENS in batch:
+        raise ValueError("a shared-prompt batch has no option rows: score it with option_scores")
     scored = batch[OPTION_MASK][:, 1:].bool()  # token t is predicted at position t - 1
     positions = torch.zeros_like(batch[OPTION_MASK], dtype=torch.bool)
     positions[:, :-1] = scored
@@ -115,6 +153,11 @@ def option_scores(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], length_normalized: bool = True
 ) -> torch.Tensor:
     """Scores ``[B, C]`` of every option of every example (``-inf`` for absent options)."""
+    if OPTION_TOKENS in batch:  # one row per example: the options' log-probabilities at the answer position
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        lp = logits_at(model, inputs, batch[OPTION_MASK].bool()).float().log_softmax(-1)  # [B, V]
+        tokens = batch[OPTION_TOKENS].to(lp.device)
+        return lp.gather(1, tokens.clamp(min=0)).masked_fill(tokens < 0, float("-inf"))
     per_row = option_log_likelihoods(model, batch, length_normalized)
     index = batch[OPTION_INDEX].to(per_row.device)
     return per_row[index.clamp(min=0)].masked_fill(index < 0, float("-inf"))
