@@ -10,6 +10,7 @@ import copy
 import math
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -434,16 +435,102 @@ def test_zo_trains_a_choice_task_on_its_accuracy(tmp_path, make_config):
     assert len(logged) == 6 and all(-1.0 <= e["zo_loss_plus"] <= 0.0 for e in logged)
 
 
+def test_accuracy_without_its_batch_keys_is_refused(tmp_path, make_config):
+    message = r"zo_objective: 'accuracy' needs batches with .* or train_as_classification: true on a choice"
+    with pytest.raises(NotImplementedYetError, match=message):
+        train(make_config(tmp_path / "out", "zo", zo_objective="accuracy"))
+
+
 @pytest.mark.parametrize(
-    ("objective", "message"),
+    ("overrides", "message"),
     [
-        ("accuracy", r"zo_objective: 'accuracy' needs batches with .* or train_as_classification: true on a choice"),
-        ("f1", r"zo_objective: 'f1' needs batches with zo_gold_answers \(QA data, issue #6\)"),
+        (
+            {},
+            r"^zo_objective: f1: 'demo_alpaca' is a dataset_info.json dataset; it needs question-answering tasks "
+            r"with gold answers \(demo_squad, drop, squad\); use zo_objective: loss",
+        ),
+        ({"dataset": "demo_sst2"}, r"^zo_objective: f1: 'demo_sst2' is a choice task"),
+        ({"dataset": "demo_squad", "train_as_classification": True}, r"^zo_objective: f1 trains on generated answers"),
     ],
 )
-def test_a_metric_objective_without_its_batch_keys_is_refused(tmp_path, make_config, objective, message):
-    with pytest.raises(NotImplementedYetError, match=message):
-        train(make_config(tmp_path / "out", "zo", zo_objective=objective))
+def test_f1_without_qa_data_is_one_line_before_the_model_loads(tmp_path, make_config, monkeypatch, overrides, message):
+    import llmtune.model
+
+    monkeypatch.setattr(llmtune.model, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(ConfigError, match=message):
+        train(make_config(tmp_path / "out", "zo", zo_objective="f1", **overrides))
+
+
+def test_qa_batches_hold_the_rendered_prompts_left_padded_and_the_gold_answers():
+    import json
+
+    from llmtune.hparams import DataArguments, ModelArguments
+    from llmtune.methods.zo.qa import AnswerCollator, get_answer_dataset
+    from llmtune.model import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path="llmtune/tiny-llama"))
+    data = get_answer_dataset(DataArguments(dataset="demo_squad", eval_dataset="demo_squad", max_samples=3), tokenizer)
+    assert (len(data.train), len(data.eval)) == (3, 3)
+    rows = [json.loads(line) for line in (Path("data/tasks/demo_squad_train.jsonl")).read_text().splitlines()[:3]]
+    batch = AnswerCollator(pad_token_id=0)([data.train[i] for i in range(3)])
+    assert batch[objectives.GOLD_ANSWERS] == [row["answers"]["text"] for row in rows]
+    for row, ids, mask in zip(rows, batch["input_ids"], batch["attention_mask"], strict=True):
+        assert mask[-1] == 1 and mask.tolist() == sorted(mask.tolist())  # padding on the left only
+        prompt = f"Title: {row['title']}\nContext: {row['context']}\nQuestion: {row['question']}\nAnswer:"
+        assert tokenizer.decode(ids[mask.bool()], skip_special_tokens=True) == prompt
+
+
+def test_f1_trains_on_qa_tasks_and_evaluates_minus_the_f1_of_the_saved_model(tmp_path, make_config):
+    import json
+
+    from llmtune.hparams import DataArguments, ModelArguments
+    from llmtune.methods.zo.qa import get_answer_dataset
+    from llmtune.model import load_tokenizer
+
+    # A QA task whose gold answers are, for every other row, what the untrained model answers: F1 is neither 0 nor 1.
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path="llmtune/tiny-llama"))
+    base = load_model(ModelArguments(model_name_or_path="llmtune/tiny-llama")).eval()
+    # rows whose prompts have one length: no padding, so batched and one-by-one greedy answers agree
+    lines = Path("data/tasks/demo_squad_train.jsonl").read_text().splitlines()[:64]
+    demo = get_answer_dataset(DataArguments(dataset="demo_squad", max_samples=64), tokenizer).train
+    lengths = [len(ids) for ids in demo["prompt_ids"]]
+    common = max(set(lengths), key=lengths.count)
+    rows = [json.loads(line) for line, n in zip(lines, lengths, strict=True) if n == common][:6]
+
+    def greedy(model, ids: list[int]) -> str:
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([ids]), max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    (folder / "tasks.json").write_text(
+        json.dumps({"qa": {"base": "squad", "file_name": {"train": "qa.jsonl", "eval": "qa.jsonl"}}})
+    )
+    (folder / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = get_answer_dataset(DataArguments(dataset="qa", dataset_dir=str(folder)), tokenizer)
+    for i, row in enumerate(rows):
+        row["answers"]["text"] = [greedy(base, data.train[i]["prompt_ids"]) if i % 2 == 0 else "zzz qqq"]
+    (folder / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    config = make_config(
+        tmp_path / "out", "zo", dataset="qa", eval_dataset="qa", dataset_dir=str(folder), zo_objective="f1",
+        zo_max_new_tokens=3, zo_eps=1e-3, max_steps=2, per_device_eval_batch_size=3, learning_rate=1e-9,
+    )  # fmt: skip
+    result = train(config)
+    steps = [e for e in result.log_history if "zo_loss_plus" in e]
+    assert len(steps) == 2 and all(-1.0 <= e["zo_loss_plus"] <= 0.0 for e in steps)
+    # the final eval loss is minus the mean token F1 of the saved model's greedy answers, computed here anew
+    eval_loss = [e["eval_loss"] for e in result.log_history if "eval_loss" in e][-1]
+    model = load_model(ModelArguments(model_name_or_path=str(tmp_path / "out"))).eval()
+    data = get_answer_dataset(DataArguments(dataset="qa", dataset_dir=str(folder)), tokenizer)
+    scores = [
+        max(objectives.token_f1(greedy(model, row["prompt_ids"]), g) for g in row["answers"]) for row in data.train
+    ]
+    assert 0 < sum(scores) < len(scores)
+    assert eval_loss == pytest.approx(-sum(scores) / len(scores), abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

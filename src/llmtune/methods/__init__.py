@@ -47,6 +47,7 @@ register(
         trainer="llmtune.methods.zo.trainer:ZerothOrderTrainer",
         keeps_half_weights=True,
         backward=False,
+        data="llmtune.methods.zo.qa:answer_data",  # zo_objective: f1 trains on QA prompts and answers
     )
 )
 register(

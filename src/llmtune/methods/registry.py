@@ -36,6 +36,9 @@ class Method:
         keeps_half_weights: the method sets the dtypes of its weights itself and may train half-precision
             ones (BAdam through fp32 master copies, zo and adazeta with stochastic rounding); every other
             method gets its trainable parameters in float32 (see ``prepare_model``).
+        data: ``"module:function"`` taking ``(args, tokenizer)`` and returning ``(datasets, trainer
+            kwargs)`` when the method brings its own training data for this config (``zo_objective: f1``:
+            QA prompts and gold answers), or None for the usual SFT or classification data.
         backward: the method's updates need a backward pass; zeroth-order methods (forward passes
             only) keep no activations for one, so gradient checkpointing is off by default for them.
     """
@@ -50,6 +53,7 @@ class Method:
     report: str | None = None
     keeps_half_weights: bool = False
     backward: bool = True
+    data: str | None = None
 
     @property
     def implemented(self) -> bool:
@@ -73,6 +77,10 @@ class Method:
 
     def report_fn(self) -> Callable[..., str]:
         return _import(self.report)
+
+    def own_data(self, args: Any, tokenizer: Any) -> tuple[Any, dict[str, Any]] | None:
+        """``(datasets, trainer kwargs)`` of the method's own data for ``args``, or None (see ``data``)."""
+        return _import(self.data)(args, tokenizer) if self.data else None
 
 
 METHODS: dict[str, Method] = {}

@@ -137,7 +137,10 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
 
     tokenizer = load_tokenizer(args.model)
     extra: dict[str, Any] = {}
-    if args.finetuning.train_as_classification:
+    own = method.own_data(args, tokenizer)
+    if own is not None:
+        prepared, extra = own
+    elif args.finetuning.train_as_classification:
         from llmtune.train.classification import classification_trainer_kwargs, get_classification_dataset
 
         prepared = get_classification_dataset(args.data, tokenizer, seed=args.training.seed)

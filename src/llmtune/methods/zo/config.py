@@ -44,7 +44,8 @@ class ZerothOrderArguments:
         metadata={
             "help": "What the two forwards evaluate: loss (the model's loss; with train_as_classification the "
             "cross-entropy over the options), accuracy (minus the share of examples whose best-scored option "
-            "is right; needs train_as_classification) or f1 (minus the token F1 of generated answers)."
+            "is right; needs train_as_classification) or f1 (minus the token F1 of greedy answers; dataset: QA tasks "
+            "such as squad, as MeZO trains SQuAD)."
         },
     )
     zo_prefix_tokens: int = field(

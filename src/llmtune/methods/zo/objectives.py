@@ -20,8 +20,8 @@ non-differentiable objective carries:
   prompts only, left-padded. The model generates greedily; the score is SQuAD's token F1 against
   the best-matching gold answer.
 
-The QA batches ``f1`` needs (prompts plus gold answers) are not produced by a data pipeline yet
-(issue #6).
+The QA batches ``f1`` needs (prompts plus gold answers) come from :mod:`llmtune.methods.zo.qa`
+(``dataset`` names generation tasks such as ``squad`` or ``demo_squad``).
 """
 
 from __future__ import annotations

@@ -108,6 +108,15 @@ class ZerothOrderTrainer(LlmtuneTrainer):
     def _get_grad_norm(self, model, grad_norm=None):
         return None
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """QA batches (``zo_objective: f1``) are evaluated by the objective: the eval loss is minus the mean F1."""
+        if objectives.GOLD_ANSWERS not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.zo_objective(model, inputs).to(self.args.device)
+        return loss, None, None
+
     # -- one micro-batch ------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -184,6 +193,8 @@ def _check_batch_contract(objective: str, dataset) -> None:
     columns = set(getattr(dataset, "column_names", None) or ())
     if objective == "accuracy" and {"option_ids", "label"} <= columns:
         return  # train_as_classification features: the classification collator makes option batches
+    if objective == "f1" and {"prompt_ids", "answers"} <= columns:
+        return  # QA features (llmtune.methods.zo.qa): its collator adds the gold answers
     missing = [key for key in needed if key not in columns]
     if missing:
         raise NotImplementedYetError(
@@ -191,7 +202,7 @@ def _check_batch_contract(objective: str, dataset) -> None:
             + (
                 " or train_as_classification: true on a choice task"
                 if objective == "accuracy"
-                else " (QA data, issue #6)"
+                else " (QA tasks such as squad or demo_squad as dataset)"
             )
             + "; this training data has none: use zo_objective: loss"
         )
