@@ -85,6 +85,12 @@ ROWS: dict[str, dict] = {
     "loretta_adp": {"kind": "train", "family": "gradient",
                     "options": {"finetuning_type": "loretta", "loretta_mode": "adapter", **ADAM},
                     "grid": [1e-4, 1e-3]},
+    # LoRETTA's reference initialisation (every core random, the model starts perturbed) against llmtune's
+    # identity default: whether the default costs accuracy (issue #18, section 4)
+    "loretta_adp_ref": {"kind": "train", "family": "gradient",
+                        "options": {"finetuning_type": "loretta", "loretta_mode": "adapter", "loretta_init": "reference",
+                                    **ADAM},
+                        "grid": [1e-4, 1e-3]},
     "loretta_rep": {"kind": "train", "family": "gradient",
                     "options": {"finetuning_type": "loretta", "loretta_mode": "reparam", **ADAM},
                     "grid": [1e-4, 1e-3]},
