@@ -25,6 +25,7 @@ WHAT = {
     "block": "BAdam: Adam on one layer at a time",
     "sparse": "BAdam ratio mode: Adam on a sliding 10% of every weight",
     "loretta_adp": "LoRETTA tensor-train adapters",
+    "loretta_adp_ref": "LoRETTA tensor-train adapters, the reference code's random initialisation",
     "loretta_rep": "LoRETTA tensor-train reparametrised update",
     "zo": "MeZO: zeroth-order SGD on every weight",
     "zo_accuracy": "MeZO on minus the accuracy (non-differentiable)",
@@ -214,6 +215,17 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
                 else ("reproduced" if gap >= -CLOSE and ratio < 1 else "not reproduced"),
             )
         )
+    gap = _gap(table, "loretta_adp", "loretta_adp_ref")
+    out.append(
+        (
+            "llmtune's deviation: LoRETTA adapters start as the identity (loretta_init: identity) where the reference "
+            "starts every core at random; kept only if it costs no accuracy",
+            f"loretta_adp - loretta_adp_ref {pts(gap)}",
+            "not measured yet"
+            if gap is None
+            else ("no cost: identity kept" if gap >= -CLOSE else "costs accuracy: follow the reference"),
+        )
+    )
     gap = _gap(table, "block", "full")
     memory = (table["block"]["peak"] / table["full"]["peak"]) if "block" in table and "full" in table else None
     out.append(

@@ -83,9 +83,9 @@ def test_every_refused_cell_refuses_in_one_line_and_every_other_cell_passes():
             refused += 1
         else:
             assert compat.check_config(config_for(cell), world_size=world_size_for(cell), has_gpu=True) == cell
-    # block x 3 sharded engines (DDP is tested), sparse x 4 engines, zo and adazeta x 3 sharded engines
-    # (x 6 columns), sparse fp16 alone x 2, block under DDP with accumulation x 3 precisions ...
-    unquantised = (3 + 4 + 2 * 3) * 6 + 2 + 3
+    # block, sparse, zo and adazeta x 3 sharded engines (DDP is tested) x 6 columns, and sparse fp16 alone
+    # in one process and under DDP x 2 accumulation columns ...
+    unquantised = (3 + 3 + 2 * 3) * 6 + 2 * 2
     # ... and quantised (x 2 bit widths): full, block, sparse everywhere (5 engines x 6 columns), zo and adazeta
     # under the 3 sharded engines as unquantised
     assert refused == unquantised + 2 * (3 * 5 * 6 + 2 * 3 * 6)
@@ -112,10 +112,9 @@ def test_config_refusals_come_before_anything_loads(make_config, tmp_path, monke
 def test_several_processes_are_counted_before_torchrun_starts(monkeypatch, make_config, tmp_path):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("NPROC_PER_NODE", "4")
-    with pytest.raises(ConfigError, match=r"^finetuning_type: sparse under DDP \(torchrun\) is not supported"):
-        parse_args(make_config(tmp_path, "sparse"))
+    assert compat.cell_of({"finetuning_type": "sparse"}).engine == "ddp"
     monkeypatch.setenv("NPROC_PER_NODE", "1")
-    assert parse_args(make_config(tmp_path, "sparse")).finetuning.finetuning_type == "sparse"
+    assert compat.cell_of({"finetuning_type": "sparse"}).engine == "none"
 
 
 def test_a_missing_deepspeed_package_names_the_install_command(monkeypatch, make_config, tmp_path):

@@ -114,24 +114,14 @@ RULES: list[Rule] = [
         "GPU (llmtune estimate: Llama-3-8B fits 24 GB), or lora or full with deepspeed",
     ),
     Rule(
-        "block",
-        "ddp",
-        ">1",
-        ANY,
-        "refused",
-        "DDP skips its gradient synchronisation on accumulation steps and then meets parameters that became "
-        "trainable after it was built (measured: 'Expected to mark a variable ready only once'); raise "
-        "per_device_train_batch_size instead, or accumulate in one process",
-        key="gradient_accumulation_steps",
-    ),
-    Rule(
         "sparse",
-        MULTI,
+        SHARDED,
         ANY,
         ANY,
         "refused",
-        "sparse keeps compact gradients of the selected entries that neither DDP's reducer nor ZeRO/FSDP "
-        "partitions see, so processes would drift apart; run it in one process, or use block under DDP",
+        "sparse keeps compact gradients of the selected entries that ZeRO and FSDP partitions never see, so "
+        "processes would drift apart; use DDP (NPROC_PER_NODE without deepspeed/fsdp: the compact gradients are "
+        "averaged across processes) or one process",
     ),
     Rule(
         "sparse",
@@ -224,6 +214,8 @@ RULES: list[Rule] = [
         "tested",
         f"{DIST}::test_block_under_ddp_matches_one_process_and_switches_on_both_ranks",
     ),
+    Rule("block", "ddp", ">1", "fp32", "tested", f"{DIST}::test_block_and_sparse_under_ddp_match_one_process"),
+    Rule("sparse", "ddp", ANY, "fp32", "tested", f"{DIST}::test_block_and_sparse_under_ddp_match_one_process"),
     Rule(
         "adazeta",
         "ddp",

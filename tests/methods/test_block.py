@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -285,14 +286,18 @@ def test_bad_badam_options_are_one_line(make_config, tmp_path, config, message):
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
-def test_sparse_under_several_processes_is_refused_before_anything_loads(monkeypatch, make_config, tmp_path):
-    # block under DDP trains (tests/train/test_distributed.py); sparse does not, and says so
+def test_several_processes_pass_the_table_and_sharded_sparse_is_refused(make_config, tmp_path):
+    # block and sparse under DDP train (tests/train/test_distributed.py); under ZeRO sparse does not, and says so
     from llmtune import compat
 
-    compat.check_config({"finetuning_type": "block"}, world_size=2)  # passes: the table marks it tested
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"^finetuning_type: sparse under DDP \(torchrun\) is not supported"):
-        parse_args(make_config(tmp_path, "sparse"))
+    compat.check_config({"finetuning_type": "block", "gradient_accumulation_steps": 2}, world_size=2)
+    compat.check_config({"finetuning_type": "sparse"}, world_size=2)
+    zero2 = str(Path(__file__).resolve().parents[2] / "examples" / "deepspeed" / "ds_z2_config.json")
+    with pytest.raises(
+        ConfigError,
+        match=r"^deepspeed: finetuning_type: sparse under DeepSpeed ZeRO-0/1/2 is not supported: sparse keeps",
+    ):
+        compat.check_config({"finetuning_type": "sparse", "deepspeed": zero2}, world_size=2)
 
 
 # -- the training path -------------------------------------------------------------------------

@@ -61,6 +61,15 @@ BLOCK = {
     "max_grad_norm": 1.0,
 }
 
+SPARSE = {
+    "per_device_train_batch_size": 4,
+    "badam_update_ratio": 0.3,
+    "badam_switch_interval": 1,
+    "learning_rate": 1e-2,
+    "max_grad_norm": 1.0,
+}
+HALF_BATCH = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}  # 2 ranks x 2 x 2: still 8
+
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, make_config_module):
@@ -76,6 +85,17 @@ def two_ranks(tmp_path_factory, make_config_module):
         {"name": "full_ddp", "config": job_config(make, where, "full_ddp", "full", per_device_train_batch_size=4)},
         {"name": "full_ddp_accum", "config": job_config(make, where, "full_ddp_accum", "full", **accum)},
         {"name": "block_ddp", "config": job_config(make, where, "block_ddp", "block", **BLOCK), "record": "params"},
+        {
+            "name": "block_ddp_accum",
+            "config": job_config(make, where, "block_ddp_accum", "block", **{**BLOCK, **HALF_BATCH}),
+            "record": "params",
+        },
+        {"name": "sparse_ddp", "config": job_config(make, where, "sparse_ddp", "sparse", **SPARSE), "record": "params"},
+        {
+            "name": "sparse_ddp_accum",
+            "config": job_config(make, where, "sparse_ddp_accum", "sparse", **{**SPARSE, **HALF_BATCH}),
+            "record": "params",
+        },
         {
             "name": "full_z2",
             "config": job_config(make, where, "full_z2", "full", per_device_train_batch_size=4, deepspeed=z2),
@@ -187,6 +207,35 @@ def test_block_under_ddp_matches_one_process_and_switches_on_both_ranks(two_rank
         two = [r[key] for r in logged if "loss" in r]
         one = [r[key] for r in result.log_history if "loss" in r]
         assert len(two) == STEPS and two == pytest.approx(one, rel=1e-4), key
+
+
+@pytest.mark.parametrize(
+    ("job", "finetuning_type", "options"),
+    [
+        ("block_ddp_accum", "block", BLOCK),
+        ("sparse_ddp", "sparse", SPARSE),
+        ("sparse_ddp_accum", "sparse", SPARSE),
+    ],
+)
+def test_block_and_sparse_under_ddp_match_one_process(two_ranks, tmp_path, make_config, job, finetuning_type, options):
+    """DDP's reducer stays out of block's and sparse's way (it knows neither later blocks nor compact
+    gradients); the gradients each rank accumulated are averaged once per step. Both ranks stay
+    identical and follow one process with the same global batch of 8 (here with accumulation too)."""
+    config = job_config(make_config, tmp_path, "one", finetuning_type, **{**options, "per_device_train_batch_size": 8})
+    initial = {n: p.detach().clone() for n, p in load_model(parse_args(config).model).named_parameters()}
+    result = run_sft(parse_args(config))
+    rank0, rank1 = torch.load(two_ranks / f"{job}.rank0.pt"), torch.load(two_ranks / f"{job}.rank1.pt")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"{key} differs between the ranks"
+    assert any(not torch.equal(rank0[k], initial[k]) for k in rank0)  # it trained
+    logged = [json.loads(line) for line in (two_ranks / job / "trainer_log.jsonl").read_text().splitlines()]
+    for key in ("loss", "grad_norm"):
+        two = [r[key] for r in logged if "loss" in r]
+        one = [r[key] for r in result.log_history if "loss" in r]
+        assert len(two) == STEPS and two == pytest.approx(one, rel=1e-4), key
+    if finetuning_type == "sparse":  # Adam on a fraction of each weight: no sign-level ties, weights agree too
+        for name, value in result.model.named_parameters():
+            torch.testing.assert_close(rank0[name], value.detach(), rtol=0, atol=1e-3, msg=name)  # lr 1e-2
 
 
 def test_zo_ranks_stay_identical(two_ranks, make_config):

@@ -2,8 +2,9 @@
 
 It overrides ``create_optimizer`` (and, when activation checkpointing is on, drops the hook that
 makes the frozen embedding's output require a gradient), and under DDP ``training_step``: DDP's
-reducer knows only the parameters trainable when it was built, so after every backward pass the
-active block's gradients are averaged across processes here, before clipping and the step. The
+reducer knows only the parameters trainable when it was built, so it is kept out of the way (every
+micro-batch runs under ``no_sync``) and the active block's gradients are averaged across processes
+here in one all-reduce at the end of each accumulation, before clipping and the step. The
 optimizer (and with it the block schedule, the fp32 masters and the Adam state of the active block)
 is saved into every checkpoint's ``optimizer.pt`` by the Trainer as any optimizer is, and restored
 from it on resume.
@@ -39,11 +40,20 @@ class BlockTrainer(LlmtuneTrainer):
         super().__init__(*args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the optimizer
-        if self.args.world_size > 1 and isinstance(inner, BlockOptimizer):
-            average_gradients(inner.active_block.params)
+        if self.args.world_size <= 1 or not hasattr(model, "no_sync"):
+            return super().training_step(model, inputs, num_items_in_batch)
+        with model.no_sync():  # DDP's reducer never syncs: it knows only the first block's parameters
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:  # the last micro-batch of the accumulation
+            average_across_processes(self._local_gradients())
         return loss
+
+    def _local_gradients(self) -> list[torch.Tensor]:
+        """The gradients this process accumulated for the coming step (the active block's)."""
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the optimizer
+        if not isinstance(inner, BlockOptimizer):
+            return []
+        return [param.grad for _, param in inner.active_block.params if param.grad is not None]
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -120,16 +130,14 @@ class BlockTrainer(LlmtuneTrainer):
         return estimate
 
 
-def average_gradients(params: list[tuple[str, torch.Tensor]]) -> None:
-    """Average the gradients of ``params`` across the processes, in one flat all-reduce.
+def average_across_processes(grads: list[torch.Tensor]) -> None:
+    """Average ``grads`` (in place) across the processes, in one flat all-reduce.
 
-    Called after every backward pass (each micro-batch of an accumulation too): averaging the
-    accumulated gradient each time gives the same sum of per-micro-batch averages, and averaging a
-    gradient DDP already averaged leaves it as it is.
+    Called once per optimizer step, on the gradients each process accumulated over its micro-batches:
+    the same mean over the global batch that DDP's reducer computes for the parameters it knows.
     """
     import torch.distributed as dist
 
-    grads = [param.grad for _, param in params if param.grad is not None]
     if not grads or not dist.is_available() or not dist.is_initialized():
         return
     flat = torch.cat([grad.reshape(-1).float() for grad in grads])

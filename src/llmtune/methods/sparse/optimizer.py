@@ -177,10 +177,14 @@ class RatioBlockOptimizer(torch.optim.Optimizer):
 
     # -- clipping and the step -----------------------------------------------------------------
 
+    def compact_gradients(self) -> list[torch.Tensor]:
+        """The collected gradients of the selected entries, one fp32 tensor per parameter that has one."""
+        return [self.state[p]["grad"] for p in self._params if self.state[p]["grad"] is not None]
+
     @torch.no_grad()
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Scale the selected gradients so their joint 2-norm is at most ``max_norm``; return the norm before."""
-        grads = [self.state[p]["grad"] for p in self._params if self.state[p]["grad"] is not None]
+        grads = self.compact_gradients()
         if not grads:
             return torch.tensor(0.0)
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))

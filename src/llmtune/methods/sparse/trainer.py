@@ -2,7 +2,9 @@
 
 Besides the optimizer it overrides the two gradient-norm hooks: the dense gradients are freed as
 soon as their selected entries are collected, so clipping and the logged ``grad_norm`` use the
-optimizer's compact gradients.
+optimizer's compact gradients. Under DDP (as for ``block``) the reducer never syncs; the compact
+gradients are averaged across processes in one all-reduce at the end of each accumulation (every
+process selects the same entries: the selections are seeded).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class SparseTrainer(BlockTrainer):
             seed=setup.seed,
             verbose=setup.block.badam_verbose,
         )
+
+    def _local_gradients(self) -> list[torch.Tensor]:
+        """The compact gradients of the selected entries (the dense ones are freed as they complete)."""
+        return self._ratio_optimizer().compact_gradients()
 
     def _ratio_optimizer(self) -> RatioBlockOptimizer:
         return getattr(self.optimizer, "optimizer", self.optimizer)  # unwrap accelerate's AcceleratedOptimizer
