@@ -12,13 +12,18 @@ from __future__ import annotations
 LORA = {"lora_rank": 8, "lora_alpha": 16, "lora_target": "all"}
 BLOCK = {"badam_switch_mode": "ascending", "badam_switch_interval": 50}
 RATIO = {"badam_update_ratio": 0.05, "badam_switch_interval": 50}
+FUSED = {"lm_head_loss": "fused"}  # TRL's fused LM head: the loss path of the TRL-based baselines
 
 # name -> configuration. ``options`` are llmtune keys (LLaMA-Factory's names); ``lr`` is the learning
 # rate of that configuration (a row and its baselines use the same).
 CONFIGS: dict[str, dict] = {
     "full": {"runner": "llmtune", "options": {"finetuning_type": "full"}, "lr": 1e-5},
     # `full` on TRL's own loss path (its fused LM head, as trl_full): llmtune's overhead over TRL alone
-    "full_fused": {"runner": "llmtune", "options": {"finetuning_type": "full", "lm_head_loss": "fused"}, "lr": 1e-5},
+    "full_fused": {"runner": "llmtune", "options": {"finetuning_type": "full", **FUSED}, "lr": 1e-5},
+    # the same for the types compared with TRL-based baselines (trl_lora, badam_block, badam_ratio): like for like
+    "lora_fused": {"runner": "llmtune", "options": {"finetuning_type": "lora", **LORA, **FUSED}, "lr": 1e-4},
+    "block_fused": {"runner": "llmtune", "options": {"finetuning_type": "block", **BLOCK, **FUSED}, "lr": 1e-5},
+    "sparse_fused": {"runner": "llmtune", "options": {"finetuning_type": "sparse", **RATIO, **FUSED}, "lr": 1e-5},
     "lora": {"runner": "llmtune", "options": {"finetuning_type": "lora", **LORA}, "lr": 1e-4},
     "block": {"runner": "llmtune", "options": {"finetuning_type": "block", **BLOCK}, "lr": 1e-5},
     "sparse": {"runner": "llmtune", "options": {"finetuning_type": "sparse", **RATIO}, "lr": 1e-5},
@@ -78,7 +83,7 @@ LLMTUNE_TYPES = [name for name, c in CONFIGS.items() if c["runner"] == "llmtune"
 BASELINES = [name for name, c in CONFIGS.items() if c["runner"] in ("trl", "llamafactory")]
 ALL_CONFIGS = [*LLMTUNE_TYPES, "inference", *BASELINES]
 SCALING = ["full", "lora", "block", "zo"]
-QUALITY = [c for c in LLMTUNE_TYPES if c not in ("qlora", "full_fused")]  # every finetuning type, same budget
+QUALITY = [c for c in LLMTUNE_TYPES if c != "qlora" and not c.endswith("_fused")]  # every finetuning type, same budget
 
 
 def llama_shape(hidden: int, layers: int) -> dict:
@@ -122,6 +127,7 @@ SUITES: dict[str, dict] = {
     "cpu": {
         "warmup": 1,
         "steps": 4,
+        "repeats": 3,  # every (model, length) group runs its configurations in turn, 3 times: A B C A B C A B C
         "batch": 4,
         "bf16": False,
         "dataset": "alpaca_en_demo",
@@ -147,6 +153,7 @@ SUITES: dict[str, dict] = {
     "gpu": {
         "warmup": 2,
         "steps": 10,
+        "repeats": 3,
         "batch": 8,
         "bf16": True,
         "dataset": "alpaca_en_demo",

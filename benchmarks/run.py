@@ -167,10 +167,22 @@ def unavailable(name: str) -> str | None:
 
 
 def run_one(
-    name: str, model: str, length: int, suite: dict, dataset, work: Path, timeout: float, task: str | None = None
+    name: str,
+    model: str,
+    length: int,
+    suite: dict,
+    dataset,
+    work: Path,
+    timeout: float,
+    task: str | None = None,
+    repeat: int = 0,
 ) -> dict:
-    """Run one configuration in a fresh process; the measurements, or ``error`` saying why there are none."""
-    record = {"config": name, "model": model, "cutoff_len": length, "batch": suite["batch"]}
+    """Run one configuration in a fresh process; the measurements, or ``error`` saying why there are none.
+
+    The record carries the 1-minute load average before and after the run and the CPU count: a run
+    whose load exceeded the CPUs shared the machine with other work (the report leaves it out of ratios).
+    """
+    record = {"config": name, "model": model, "cutoff_len": length, "batch": suite["batch"], "repeat": repeat}
     if task:
         record["task"] = task
     reason = unavailable(name)
@@ -190,6 +202,8 @@ def run_one(
     }
     job_path, result_path = run_dir / "job.json", run_dir / "result.json"
     job_path.write_text(json.dumps(job))
+    record["cpus"] = os.cpu_count()
+    load_before = round(os.getloadavg()[0], 2)
     start = time.time()
     try:
         if CONFIGS[name]["runner"] == "llamafactory":
@@ -214,7 +228,8 @@ def run_one(
         return {**record, "error": f"timed out after {timeout:.0f} s"}
     except RuntimeError as error:
         return {**record, "error": str(error)[-500:]}
-    return {**record, **result, "wall_seconds": round(time.time() - start, 1)}
+    load = [load_before, round(os.getloadavg()[0], 2)]
+    return {**record, **result, "wall_seconds": round(time.time() - start, 1), "load_average": load}
 
 
 def machine() -> dict:
@@ -248,15 +263,18 @@ def _installed(package: str) -> bool:
 
 
 def jobs(suite: dict, only: list[str] | None, models: list[str] | None):
-    """``(config, model, length, task)`` of every run of the suite, in order, filtered by ``--only``/``--models``."""
+    """``(config, model, length, task, repeat)`` of every run of the suite, in order, filtered by
+    ``--only``/``--models``: each (model, length) group runs its configurations in turn, ``repeats``
+    times (A B A B ...), so that a pair's runs share the machine's state as evenly as they can."""
     for group in suite["groups"]:
         for model in group["models"]:
             if models and model not in models:
                 continue
             for length in group["lengths"]:
-                for name in group["configs"]:
-                    if not only or name in only:
-                        yield name, model, length, group.get("task")
+                for repeat in range(suite.get("repeats", 1)):
+                    for name in group["configs"]:
+                        if not only or name in only:
+                            yield name, model, length, group.get("task"), repeat
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="comma-separated model names (default: all of the suite)")
     parser.add_argument("--steps", type=int, help="measured steps (default: the suite's)")
     parser.add_argument("--batch", type=int, help="batch size (default: the suite's)")
+    parser.add_argument("--repeats", type=int, help="runs of each configuration, interleaved (default: the suite's)")
     parser.add_argument(
         "--lengths", help="comma-separated cutoff_len values replacing every group's (default: the suite's)"
     )
@@ -288,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         suite["steps"] = args.steps
     if args.batch:
         suite["batch"] = args.batch
+    if args.repeats:
+        suite["repeats"] = args.repeats
     if args.lengths:
         lengths = [int(n) for n in args.lengths.split(",")]
         suite["groups"] = [{**group, "lengths": lengths} for group in suite["groups"]]
@@ -302,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     only = args.only.split(",") if args.only else None
     models = args.models.split(",") if args.models else None
     filled: dict = {}
-    for name, model, length, task in jobs(suite, only, models):
+    for name, model, length, task, repeat in jobs(suite, only, models):
         rows = dataset
         if suite.get("fill_rows") and not task:
             if (model, length) not in filled:
@@ -313,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{model}: rows not filled ({error})", file=sys.stderr)
                     filled[model, length] = dataset
             rows = filled[model, length]
-        result = run_one(name, model, length, suite, rows, work, args.timeout, task)
+        result = run_one(name, model, length, suite, rows, work, args.timeout, task, repeat)
         with results_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(result) + "\n")
         shown = result.get("error") or f"{result.get('step_seconds')} s/step, loss {result.get('final_loss')}"

@@ -1,0 +1,53 @@
+"""The ratios the README and docs/benchmarks.md quote are the ones the report computes from the
+committed results files (a number with no results file behind it does not belong on the page)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def rows(name: str) -> list[dict]:
+    path = ROOT / "docs" / "benchmarks" / name
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_the_smollm2_targets_table_is_the_reports():
+    smollm2 = [r for r in rows("cpu_results.jsonl") if r["model"] == "smollm2" and not r.get("task")]
+    lines = report.target_lines(smollm2)
+    assert len(lines) > 5
+    for line in lines:
+        assert line in PAGE, line
+
+
+def test_llmtunes_overhead_over_trl_is_the_pairs_median():
+    ratio = report.step_ratio(rows("cpu_fused_pair_results.jsonl"), "full_fused", "trl_full")
+    quoted = f"{ratio:.3f}x"
+    assert quoted == "1.014x"
+    assert "1.014x TRL's step time" in PAGE and f"takes {quoted} plain TRL's" in README
+
+
+@pytest.mark.parametrize(("metric", "quoted"), [("step_seconds", "0.976x"), ("peak_rise_bytes", "0.949x")])
+def test_block_against_the_badam_package_on_one_loss_path(metric, quoted):
+    ratios, pairs = report.target_ratios(rows("cpu_smollm2_fused_head_2x128.jsonl"), "block", "badam_block", metric)
+    assert pairs == 1 and f"{ratios[0]:.3f}x" == quoted and quoted in PAGE
+
+
+def test_readme_peaks_are_the_tables():
+    smollm2 = [r for r in rows("cpu_results.jsonl") if r["model"] == "smollm2" and not r.get("task")]
+    block, _ = report.target_ratios(smollm2, "block", "full", "peak_rise_bytes")
+    zo, _ = report.target_ratios(smollm2, "zo", "inference", "peak_rise_bytes")
+    assert f"`block` peaks at {block[0]:.2f}x `full` and `zo` at {zo[0]:.2f}x" in README.replace("\n", " ")
+
+
+def test_the_numbers_without_a_results_file_are_gone():
+    for gone in ("5.81 s", "2.64 s", "1.76x", "0.943 in the rerun"):
+        assert gone not in PAGE and gone not in README, gone
