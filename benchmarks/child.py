@@ -137,21 +137,26 @@ def trl_run(job: dict, measure: Measure) -> None:
 
 
 def inference_run(job: dict, measure: Measure) -> None:
-    """Forward passes only, on the first batch of the same data: what ``zo`` is compared with."""
+    """Forward passes only, on the first batch of the same data, in the run's precision (bf16 weights
+    under ``bf16``), computing the loss as ``zo``'s forwards do (the LM head at the labelled positions
+    only): what ``zo`` is compared with."""
     import torch
 
     from llmtune.model import load_model
+    from llmtune.model.head import causal_lm_loss
 
     args, tokenizer, prepared = _prepared(job)
-    model = load_model(args.model, for_training=False).eval()
+    dtype = torch.bfloat16 if args.training.bf16 else torch.float32
+    model = load_model(args.model, dtype, for_training=False).eval()
     batch_size = job["config"]["per_device_train_batch_size"]
     rows = [{"input_ids": row["input_ids"]} for row in prepared.train.select(range(batch_size))]
     batch = tokenizer.pad(rows, return_tensors="pt")
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     tokens = int(batch["attention_mask"].sum())
     measure.on_train_begin(None, None, None, model=model)
     for _ in range(job["config"]["max_steps"]):
         with torch.no_grad():
-            measure.time_step(lambda: model(**batch, labels=batch["input_ids"]).loss, tokens)
+            measure.time_step(lambda: causal_lm_loss(model, batch)[0], tokens)
 
 
 RUNNERS = {"llmtune": llmtune_run, "trl": trl_run, "inference": inference_run, "zero_shot": zero_shot_run}

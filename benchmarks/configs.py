@@ -28,6 +28,7 @@ CONFIGS: dict[str, dict] = {
     "block": {"runner": "llmtune", "options": {"finetuning_type": "block", **BLOCK}, "lr": 1e-5},
     "sparse": {"runner": "llmtune", "options": {"finetuning_type": "sparse", **RATIO}, "lr": 1e-5},
     "zo": {"runner": "llmtune", "options": {"finetuning_type": "zo"}, "lr": 1e-6},
+    "zo_master": {"runner": "llmtune", "options": {"finetuning_type": "zo", "zo_master_weights": True}, "lr": 1e-6},
     "zo_lora": {"runner": "llmtune", "options": {"finetuning_type": "zo", "zo_target": "lora", **LORA}, "lr": 1e-4},
     "loretta_adp": {
         "runner": "llmtune",
@@ -79,7 +80,8 @@ CONFIGS: dict[str, dict] = {
     },
 }
 
-LLMTUNE_TYPES = [name for name, c in CONFIGS.items() if c["runner"] == "llmtune"]
+MEMORY_ONLY = ("zo_master",)  # run by the memory suite only (in fp32 it is plain zo)
+LLMTUNE_TYPES = [name for name, c in CONFIGS.items() if c["runner"] == "llmtune" and name not in MEMORY_ONLY]
 BASELINES = [name for name, c in CONFIGS.items() if c["runner"] in ("trl", "llamafactory")]
 ALL_CONFIGS = [*LLMTUNE_TYPES, "inference", *BASELINES]
 SCALING = ["full", "lora", "block", "zo"]
@@ -137,6 +139,27 @@ SUITES: dict[str, dict] = {
             {"models": ["smollm2"], "lengths": [256], "configs": ALL_CONFIGS},
             {"models": ["llama-S", "llama-M", "llama-L"], "lengths": [256], "configs": SCALING},
             {"models": ["llama-M"], "lengths": [128, 512], "configs": SCALING},
+        ],
+    },
+    # MeZO's headline: zeroth-order training in the memory of inference. bf16 weights (on a CPU this
+    # needs LLMTUNE_ALLOW_CPU_BF16=1, which the runner sets for this suite) against bf16 inference of
+    # the same batch, zo with fp32 master weights, and the fp32 pair.
+    "memory": {
+        "warmup": 1,
+        "steps": 2,
+        "repeats": 1,
+        "batch": 4,
+        "bf16": True,
+        "cpu_bf16": True,
+        "dataset": "alpaca_en_demo",
+        "fill_rows": True,
+        "groups": [
+            {
+                "models": ["smollm2"],
+                "lengths": [256],
+                "configs": ["inference", "zo", "zo_master", "zo_lora", "adazeta"],
+            },
+            {"models": ["smollm2"], "lengths": [256], "configs": ["inference", "zo"], "bf16": False},
         ],
     },
     "quality": {  # loss curves of every llmtune finetuning type on SmolLM2, on the same budget

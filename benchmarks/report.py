@@ -58,7 +58,8 @@ def load(out: Path) -> tuple[dict, list[dict]]:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     latest = {}
     for row in rows:
-        latest[(row["model"], row["cutoff_len"], row.get("task"), row["config"], row.get("repeat", 0))] = row
+        key = (row["model"], row["cutoff_len"], row.get("task"), row.get("precision"), row["config"])
+        latest[(*key, row.get("repeat", 0))] = row
     return header, list(latest.values())
 
 
@@ -112,7 +113,7 @@ def collapse(rows: list[dict]) -> list[dict]:
     """One row per (model, length, task, configuration): its representative run, or its error."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row["model"], row["cutoff_len"], row.get("task"), row["config"])].append(row)
+        groups[(row["model"], row["cutoff_len"], row.get("task"), row.get("precision"), row["config"])].append(row)
     out = []
     for runs in groups.values():
         measured = [r for r in runs if "error" not in r]
@@ -327,15 +328,16 @@ def write_report(out: Path) -> Path:
     ]
     groups = defaultdict(list)
     for row in rows:
-        groups[(row["model"], row["cutoff_len"], row.get("task"))].append(row)
-    for (model, length, task), group in groups.items():
+        groups[(row["model"], row["cutoff_len"], row.get("task"), row.get("precision"))].append(row)
+    for (model, length, task, precision), group in groups.items():
+        shown = f", {precision}" if precision else ""
         if task:
             title = f"## {model}: trained as classification on `{task}`, cutoff_len {length}, batch {group[0]['batch']}"
             lines += [title, "", *task_table(collapse(group)), ""]
             continue
         if "random" in MODELS[model] and len({r["config"] for r in group}) <= 4:
             continue  # scaling runs: in the scaling table
-        lines += [f"## {model}, cutoff_len {length}, batch {group[0]['batch']}", "", *group_table(group), ""]
+        lines += [f"## {model}, cutoff_len {length}, batch {group[0]['batch']}{shown}", "", *group_table(group), ""]
         targets = target_lines(group)
         if targets:
             lines += ["Targets:", "", *targets, ""]

@@ -109,7 +109,14 @@ def filled_rows(dataset: tuple[str, str], model: str, length: int, count: int, f
 
 
 def job_config(
-    name: str, model: str, length: int, suite: dict, dataset: tuple[str, str] | None, out: Path, task: str | None = None
+    name: str,
+    model: str,
+    length: int,
+    suite: dict,
+    dataset: tuple[str, str] | None,
+    out: Path,
+    task: str | None = None,
+    bf16: bool | None = None,
 ) -> dict:
     """The llmtune config of one run: the configuration's options on the group's shared settings.
 
@@ -142,7 +149,7 @@ def job_config(
         "save_strategy": "no",
         "lr_scheduler_type": "constant",
         "seed": 0,
-        "bf16": suite["bf16"],
+        "bf16": suite["bf16"] if bf16 is None else bf16,
         "report_to": "none",
         "disable_tqdm": True,
         "include_num_input_tokens_seen": "non_padding",
@@ -176,13 +183,16 @@ def run_one(
     timeout: float,
     task: str | None = None,
     repeat: int = 0,
+    bf16: bool | None = None,
 ) -> dict:
     """Run one configuration in a fresh process; the measurements, or ``error`` saying why there are none.
 
     The record carries the 1-minute load average before and after the run and the CPU count: a run
     whose load exceeded the CPUs shared the machine with other work (the report leaves it out of ratios).
     """
+    bf16 = suite["bf16"] if bf16 is None else bf16
     record = {"config": name, "model": model, "cutoff_len": length, "batch": suite["batch"], "repeat": repeat}
+    record["precision"] = "bf16" if bf16 else "fp32"
     if task:
         record["task"] = task
     reason = unavailable(name)
@@ -198,7 +208,7 @@ def run_one(
         "model_path": path,
         "warmup": suite["warmup"],
         "task": task,
-        "config": job_config(name, path, length, suite, dataset, run_dir / "out", task),
+        "config": job_config(name, path, length, suite, dataset, run_dir / "out", task, bf16),
     }
     job_path, result_path = run_dir / "job.json", run_dir / "result.json"
     job_path.write_text(json.dumps(job))
@@ -263,7 +273,7 @@ def _installed(package: str) -> bool:
 
 
 def jobs(suite: dict, only: list[str] | None, models: list[str] | None):
-    """``(config, model, length, task, repeat)`` of every run of the suite, in order, filtered by
+    """``(config, model, length, group, repeat)`` of every run of the suite, in order, filtered by
     ``--only``/``--models``: each (model, length) group runs its configurations in turn, ``repeats``
     times (A B A B ...), so that a pair's runs share the machine's state as evenly as they can."""
     for group in suite["groups"]:
@@ -274,7 +284,7 @@ def jobs(suite: dict, only: list[str] | None, models: list[str] | None):
                 for repeat in range(suite.get("repeats", 1)):
                     for name in group["configs"]:
                         if not only or name in only:
-                            yield name, model, length, group.get("task"), repeat
+                            yield name, model, length, group, repeat
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("LLMTUNE_LOG_LEVEL", "WARNING")
+    if SUITES[args.suite].get("cpu_bf16"):
+        os.environ.setdefault("LLMTUNE_ALLOW_CPU_BF16", "1")  # bf16 on a CPU: slow, but its memory is the point
     suite = dict(SUITES[args.suite])
     if args.steps:
         suite["steps"] = args.steps
@@ -323,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     only = args.only.split(",") if args.only else None
     models = args.models.split(",") if args.models else None
     filled: dict = {}
-    for name, model, length, task, repeat in jobs(suite, only, models):
+    for name, model, length, group, repeat in jobs(suite, only, models):
+        task = group.get("task")
         rows = dataset
         if suite.get("fill_rows") and not task:
             if (model, length) not in filled:
@@ -334,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{model}: rows not filled ({error})", file=sys.stderr)
                     filled[model, length] = dataset
             rows = filled[model, length]
-        result = run_one(name, model, length, suite, rows, work, args.timeout, task, repeat)
+        result = run_one(name, model, length, suite, rows, work, args.timeout, task, repeat, group.get("bf16"))
         with results_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(result) + "\n")
         shown = result.get("error") or f"{result.get('step_seconds')} s/step, loss {result.get('final_loss')}"
