@@ -40,6 +40,12 @@ def settings() -> list[dict]:
     ]
     runs += [{"kernel_formula": "sgd", "kernel_solver": "lstsq", "kernel_ridge": r} for r in RIDGES if r]
     runs += [{"kernel_formula": "sgd", "kernel_solver": "lstsq", "kernel_params": p} for p in ("no_embeddings", "lora")]
+    # the initial output subtracted or not (LM-Kernel-FT's adjust_for_init), over the papers' five seeds
+    runs += [
+        {"kernel_formula": "sgd", "kernel_solver": "lstsq", "seed": seed, "kernel_subtract_init": subtract}
+        for seed in (13, 21, 42, 87, 100)
+        for subtract in (True, False)
+    ]
     return runs
 
 
