@@ -49,6 +49,59 @@ def settings() -> list[dict]:
     return runs
 
 
+def read(path: Path = RESULTS) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def tables(rows: list[dict]) -> dict[str, str]:
+    """The markdown tables of ``docs/kernel.md`` from the results (a test checks the page holds them)."""
+    import statistics
+
+    plain = [r for r in rows if set(r) & {"kernel_c", "kernel_ridge", "kernel_params", "seed", "compare"} == set()]
+    acc = {(r["kernel_formula"], r["kernel_solver"]): r["test_accuracy"] for r in plain}
+    out = {
+        "solvers": "\n".join(
+            ["| formula | lstsq | logistic (C=1000) | svr (C=1000) |", "|---|---|---|---|"]
+            + [f"| `{f}` | " + " | ".join(f"{acc[f, s]:.4f}" for s in SOLVERS) + " |" for f in FORMULAS]
+        )
+    }
+    swept = {(r["kernel_solver"], r["kernel_c"]): r for r in rows if "kernel_c" in r}
+    out["c"] = "\n".join(
+        ["| C | " + " | ".join(str(c) for c in C_VALUES) + " |", "|---|" + "---|" * len(C_VALUES)]
+        + [
+            f"| {s} | "
+            + " | ".join(f"{swept[s, c]['test_accuracy']:.4f} ({swept[s, c]['train_accuracy']:.2f})" for c in C_VALUES)
+            + " |"
+            for s in ("logistic", "svr")
+        ]
+    )
+    ridge = {r["kernel_ridge"]: r["test_accuracy"] for r in rows if "kernel_ridge" in r}
+    ridge[0.0] = acc["sgd", "lstsq"]
+    out["ridge"] = " / ".join(f"{ridge[r]:.4f}" for r in RIDGES) + " for λ = " + " / ".join(f"{r:g}" for r in RIDGES)
+    params = {r["kernel_params"]: r["test_accuracy"] for r in rows if "kernel_params" in r}
+    out["params"] = f"`no_embeddings` {params['no_embeddings']:.4f}; `lora` {params['lora']:.4f}"
+    lines = ["| `kernel_subtract_init` | test accuracy | dev accuracy |", "|---|---|---|"]
+    for subtract in (True, False):
+        runs = [r for r in rows if r.get("kernel_subtract_init") is subtract]
+        test = [r["test_accuracy"] for r in runs]
+        dev = [r["dev_accuracy"] for r in runs]
+        lines.append(
+            f"| {str(subtract).lower()} | {statistics.fmean(test):.4f} ± {statistics.pstdev(test):.4f} | "
+            f"{statistics.fmean(dev):.4f} ± {statistics.pstdev(dev):.4f} |"
+        )
+    out["subtract"] = "\n".join(lines)
+    compare = next(r["compare"] for r in rows if "compare" in r)
+    out["compare"] = "\n".join(
+        [
+            "| demo_sst2, 16-shot, seed 42 | accuracy (128 eval examples) |",
+            "|---|---|",
+            f"| kernel (sgd, lstsq) | {compare['kernel']:.4f} |",
+            *[f"| {m} fine-tuning | {v:.4f} |" for m, v in compare.items() if m != "kernel"],
+        ]
+    )
+    return out
+
+
 def main() -> int:
     from llmtune.kernel.run import run_kernel_config
 

@@ -51,3 +51,11 @@ def test_readme_peaks_are_the_tables():
 def test_the_numbers_without_a_results_file_are_gone():
     for gone in ("5.81 s", "2.64 s", "1.76x", "0.943 in the rerun"):
         assert gone not in PAGE and gone not in README, gone
+
+
+def test_the_kernel_pages_tiny_tables_are_the_results_files():
+    from benchmarks.kernel_tiny import read, tables
+
+    page = (ROOT / "docs" / "kernel.md").read_text(encoding="utf-8")
+    for name, table in tables(read()).items():
+        assert table in page, name
