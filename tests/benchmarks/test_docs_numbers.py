@@ -59,3 +59,15 @@ def test_the_kernel_pages_tiny_tables_are_the_results_files():
     page = (ROOT / "docs" / "kernel.md").read_text(encoding="utf-8")
     for name, table in tables(read()).items():
         assert table in page, name
+
+
+def test_the_zo_page_is_the_memory_suites_report():
+    page = (ROOT / "docs" / "benchmarks" / "zo.md").read_text(encoding="utf-8")
+    memory = [json.loads(line) for line in (ROOT / "docs/benchmarks/memory/results.jsonl").read_text().splitlines()]
+    for precision in ("bf16", "fp32"):
+        group = [r for r in memory if r.get("precision") == precision]
+        for line in report.group_table(group) + report.target_lines(group):
+            assert line in page, line
+    bf16 = [r for r in memory if r.get("precision") == "bf16"]
+    ratio, _ = report.target_ratios(bf16, "zo", "inference", "peak_rise_bytes")
+    assert ratio[0] <= 1.05 and f"({ratio[0]:.3f}x;" in page  # MeZO's headline: bf16 zo within 1.05x inference
