@@ -71,3 +71,40 @@ def test_the_zo_page_is_the_memory_suites_report():
     bf16 = [r for r in memory if r.get("precision") == "bf16"]
     ratio, _ = report.target_ratios(bf16, "zo", "inference", "peak_rise_bytes")
     assert ratio[0] <= 1.05 and f"({ratio[0]:.3f}x;" in page  # MeZO's headline: bf16 zo within 1.05x inference
+
+
+# docs/benchmarks/block.md and docs/quantization.md: `llmtune estimate` of the Llama-3-8B examples on the
+# model's config shapes (no download); each row's numbers are what the estimate gives now.
+ESTIMATE_ROWS = [
+    ("docs/benchmarks/block.md", "examples/train_block/llama3_8b_badam_rtx3090.yaml", ("weights", "gradients", "optimizer", "activations", "total")),
+    ("docs/benchmarks/block.md", "examples/train_block/llama3_8b_sparse_sft.yaml", ("weights", "gradients", "optimizer", "activations", "total")),
+    ("docs/quantization.md", "examples/train_lora/llama3_8b_lora_sft.yaml", ("weights", "gradients", "optimizer", "total")),
+    ("docs/quantization.md", "examples/train_qlora/llama3_8b_qlora_sft.yaml", ("weights", "gradients", "optimizer", "total")),
+    ("docs/quantization.md", "examples/train_block/llama3_8b_badam_rtx3090.yaml", ("weights", "gradients", "optimizer", "total")),
+    ("docs/quantization.md", "examples/train_qlora/llama3_8b_badam_adamw_8bit.yaml", ("weights", "gradients", "optimizer", "total")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("page", "example", "columns"), ESTIMATE_ROWS)
+def test_the_llama3_8b_estimate_tables_are_the_estimators(page, example, columns, llama3_8b_config):
+    from llmtune.train.estimate import estimate_memory, format_bytes, load_estimate_arguments
+
+    args = load_estimate_arguments([str(ROOT / example), "--model_name_or_path", "llmtune/tiny-llama"])
+    estimate = estimate_memory(args, llama3_8b_config)
+    text = (ROOT / page).read_text(encoding="utf-8")
+    name = Path(example).name
+    row = next(line for line in text.splitlines() if line.startswith("|") and name in line)
+    cells = [format_bytes(getattr(estimate, column)) for column in columns]
+    assert row.endswith("| " + " | ".join(cells) + " |"), (row, cells)
+
+
+def test_the_block_pages_llama3_8b_sentences_are_the_estimators(llama3_8b_config):
+    from llmtune.train.estimate import estimate_memory, format_bytes, load_estimate_arguments
+
+    example = str(ROOT / "examples/train_block/llama3_8b_badam_rtx3090.yaml")
+    args = load_estimate_arguments([example, "--model_name_or_path", "llmtune/tiny-llama"])
+    page = (ROOT / "docs/benchmarks/block.md").read_text(encoding="utf-8").replace("\n", " ")
+    block = estimate_memory(args, llama3_8b_config)
+    full = estimate_memory(args, llama3_8b_config, finetuning_type="full")
+    assert f"{block.trainable / 1e9:.2f}B of its {block.parameters / 1e9:.2f}B parameters train" in page
+    assert f"The same runs as `full` (fp32 weights and AdamW): {format_bytes(full.total)}" in page
