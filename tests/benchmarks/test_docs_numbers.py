@@ -103,7 +103,7 @@ def test_the_block_pages_llama3_8b_sentences_are_the_estimators(llama3_8b_config
 
     example = str(ROOT / "examples/train_block/llama3_8b_badam_rtx3090.yaml")
     args = load_estimate_arguments([example, "--model_name_or_path", "llmtune/tiny-llama"])
-    page = (ROOT / "docs/benchmarks/block.md").read_text(encoding="utf-8").replace("\n", " ")
+    page = " ".join((ROOT / "docs/benchmarks/block.md").read_text(encoding="utf-8").split())
     block = estimate_memory(args, llama3_8b_config)
     full = estimate_memory(args, llama3_8b_config, finetuning_type="full")
     assert f"{block.trainable / 1e9:.2f}B of its {block.parameters / 1e9:.2f}B parameters train" in page
