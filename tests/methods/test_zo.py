@@ -761,3 +761,27 @@ def test_a_climbing_zo_run_stops_with_a_hint(tmp_path, make_config):
     config = make_config(tmp_path / "out", "zo", learning_rate=3e-2, max_steps=400, zo_max_grad_ratio=0.0)
     with pytest.raises(NumericalError, match=r"the loss is climbing.*Lower learning_rate \(now 0.03\)"):
         run_sft(parse_args(config))
+
+
+def test_the_forwards_see_w_plus_eps_z_in_buffers_reused_across_modules_and_steps():
+    # Each module's perturbed weights live in buffers the optimizer keeps (no allocation per module and
+    # forward); a module's weight and bias get separate ones, and the values are direction()'s exactly.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = ZerothOrderSGD(list(model.parameters()), lr=0.1, eps=1e-2, seed=5)
+    seen: list[dict[str, torch.Tensor]] = []
+    for module in model:
+        module.register_forward_hook(lambda m, a, o: seen.append({n: p.clone() for n, p in m._parameters.items()}))
+    x = torch.ones(1, 3)
+    kept = []
+    for sign in (1.0, -1.0):
+        seen.clear()
+        with torch.no_grad(), optimizer.perturbed(model, 0, sign):
+            model(x)
+        for module, values in zip(model, seen, strict=True):
+            for name, value in values.items():
+                param = module._parameters[name]  # the stored weight again
+                z = optimizer.direction(optimizer._index[id(param)], 0)
+                assert torch.equal(value, param.detach() + sign * 1e-2 * z), name
+        kept.append({id(b) for buffers in optimizer._free.values() for b in buffers})
+    assert len(kept[0]) == 2 and kept[0] == kept[1]  # weight and bias: two buffers, the same ones both times

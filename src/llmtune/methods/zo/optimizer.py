@@ -141,6 +141,9 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         self._scale_count = 0
         self._pending = _Pending([0.0] * self.num_queries)
         self._generators: dict[torch.device, torch.Generator] = {}
+        # Reused buffers for the perturbed weights of the forwards (see perturbed): a fresh tensor per module
+        # and forward cost a page-faulting allocation each time (on SmolLM2 on a CPU, most of a step).
+        self._free: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
 
     # -- the random directions --------------------------------------------------------------------
 
@@ -152,6 +155,22 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         return [
             torch.randn(param.shape, generator=generator, device=param.device, dtype=param.dtype) for _ in range(draws)
         ]
+
+    def _fill_direction(self, index: int, query: int, out: torch.Tensor) -> torch.Tensor:
+        """``out`` filled with :meth:`direction`'s values (``torch.randn`` is ``normal_`` on a new tensor)."""
+        generator = self._generator(out.device)
+        generator.manual_seed(mix_seed(self.seed, self.step_count, query, index))
+        return out.normal_(generator=generator)
+
+    def _acquire(self, param: torch.Tensor) -> torch.Tensor:
+        """A free flat buffer of ``param``'s device and dtype with room for it (the largest such trainable
+        parameter's size, so that one buffer serves every module that runs on its own)."""
+        key = (param.device, param.dtype)
+        free = self._free.setdefault(key, [])
+        if free:
+            return free.pop()
+        size = max(p.numel() for p in self.params if (p.device, p.dtype) == key)
+        return torch.empty(size, device=param.device, dtype=param.dtype)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         generator = self._generators.get(device)
@@ -175,16 +194,26 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         owners = self._owners(model)
         used: set[int] = set()
         scale = sign * self.eps
+        held: dict[torch.nn.Module, list[torch.Tensor]] = {}
+        pooled = type(self).direction is ZerothOrderSGD.direction  # subclasses that shape z allocate as before
 
         def substitute(module, args):
             for name, index in owners[module]:
-                perturbed = self.direction(index, query).mul_(scale).add_(self.params[index].detach())
-                module._parameters[name] = perturbed
+                param = self.params[index]
+                if pooled:
+                    buffer = self._acquire(param)
+                    held.setdefault(module, []).append(buffer)
+                    z = self._fill_direction(index, query, buffer[: param.numel()].view(param.shape))
+                else:
+                    z = self.direction(index, query)
+                module._parameters[name] = z.mul_(scale).add_(param.detach())
                 used.add(index)
 
         def put_back(module, args, output):
             for name, index in owners[module]:
                 module._parameters[name] = self.params[index]
+            for buffer in held.pop(module, []):
+                self._free[(buffer.device, buffer.dtype)].append(buffer)
 
         handles = []
         for module in owners:
