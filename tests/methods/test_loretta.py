@@ -228,3 +228,37 @@ def test_a_target_the_model_lacks_names_the_layers_it_has():
     args = run_args(loretta_target="q_proj,qkv")
     with pytest.raises(ConfigError, match=r"^loretta_target: qkv matches no linear layer; this model has: down_proj, "):
         prepare_loretta(load_model(args.model), args)
+
+
+def test_the_readmes_lines_load_a_saved_adapter_in_a_fresh_process(tmp_path):
+    """What the README tells a user: import llmtune's tuner, then PEFT loads the adapter as any other
+    (without the import PEFT does not know the type)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model, args = adapted("adapter")
+    randomise_trainables(model)
+    batch = probe_batch()
+    expected = logits(model, batch)
+    model.save_pretrained(tmp_path / "adapter")
+    torch.save({"batch": batch, "expected": expected}, tmp_path / "probe.pt")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    lines = re.search(r"```python\n(import llmtune\.methods\.loretta\.tuner.*?)```", readme, re.S).group(1)
+    from llmtune.model import resolve_model_path
+
+    script = f"""
+import torch
+BASE = {str(resolve_model_path(args.model))!r}
+{lines.replace('"saves/my-loretta-run"', repr(str(tmp_path / "adapter")))}
+probe = torch.load({str(tmp_path / "probe.pt")!r})
+with torch.no_grad():
+    out = model.eval()(input_ids=probe["batch"]).logits
+torch.testing.assert_close(out, probe["expected"], rtol=0, atol=1e-5)
+print("same logits")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "same logits" in done.stdout, done.stderr[-2000:]
+    without = script.replace("import llmtune.methods.loretta.tuner", "pass  #")
+    assert subprocess.run([sys.executable, "-c", without], capture_output=True, text=True, timeout=600).returncode != 0
