@@ -17,9 +17,6 @@ from typing import Any
 from llmtune.hparams.docs import iter_options
 from llmtune.hparams.parser import _members, argument_classes
 
-# Option groups that a method reads besides its own dataclass (documented in each config.py):
-# sparse uses BAdam's partition options, adazeta shapes LoRETTA adapters and uses the zo_* estimate.
-ALSO_USES = {"sparse": ("BlockArguments",), "adazeta": ("LorettaArguments", "ZerothOrderArguments")}
 # Keys the command always states, even at their default: they say what the run is.
 ALWAYS = ("stage", "model_name_or_path", "finetuning_type", "dataset", "template", "output_dir")
 # What a fresh page starts from (the embedded model and demo data run offline, on a CPU).
@@ -50,14 +47,10 @@ class Field:
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    """Keys with a closed set of values, from the constants the dataclasses validate against."""
+    """Keys with a closed set of values: the choices each dataclass field declares in its metadata
+    (beside the field, as TRL and LLaMA-Factory keep them), the registered finetuning types, the templates."""
     from llmtune.data import TEMPLATES
-    from llmtune.hparams.finetuning_args import LM_HEAD_LOSSES, STAGES
     from llmtune.methods import METHODS
-    from llmtune.methods.block.config import SWITCH_MODES
-    from llmtune.methods.loretta.config import LORETTA_ACTIVATIONS, LORETTA_MODES
-    from llmtune.methods.sparse.config import MASK_MODES
-    from llmtune.methods.zo.config import ZO_OBJECTIVES, ZO_OPTIMIZERS, ZO_TARGETS
 
     declared = {  # fields that name their choices in their metadata
         f.name: tuple(f.metadata["choices"])
@@ -66,17 +59,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
         if "choices" in f.metadata
     }
     return declared | {
-        "stage": STAGES,
-        "lm_head_loss": LM_HEAD_LOSSES,
         "finetuning_type": tuple(n for n, m in METHODS.items() if m.implemented),
         "template": tuple(TEMPLATES),
-        "badam_switch_mode": SWITCH_MODES,
-        "badam_mask_mode": MASK_MODES,
-        "loretta_mode": LORETTA_MODES,
-        "loretta_activation": LORETTA_ACTIVATIONS,
-        "zo_target": ZO_TARGETS,
-        "zo_optimizer": ZO_OPTIMIZERS,
-        "zo_objective": ZO_OBJECTIVES,
     }
 
 
@@ -113,11 +97,7 @@ def method_groups() -> dict[str, tuple[str, ...]]:
     """finetuning_type -> the option groups (dataclass names) it reads beyond the shared ones."""
     from llmtune.methods import METHODS
 
-    groups = {}
-    for name, method in METHODS.items():
-        own = (method.arguments.__name__,) if method.arguments is not None else ()
-        groups[name] = own + ALSO_USES.get(name, ())
-    return groups
+    return {name: tuple(cls.__name__ for cls in method.option_classes()) for name, method in METHODS.items()}
 
 
 def all_method_groups() -> tuple[str, ...]:

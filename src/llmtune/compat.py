@@ -25,7 +25,14 @@ from typing import Any
 
 from llmtune.errors import ConfigError
 
-FINETUNING_TYPES = ("full", "lora", "block", "sparse", "zo", "adazeta", "loretta")
+
+def finetuning_types() -> tuple[str, ...]:
+    """The table's rows: every registered ``finetuning_type`` (a method added to the registry appears here)."""
+    from llmtune.methods import finetuning_types as registered
+
+    return registered()
+
+
 ENGINES = ("none", "ddp", "zero2", "zero3", "fsdp")
 ACCUMULATION = ("1", ">1")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -294,7 +301,7 @@ def all_cells(quantization: str = "none") -> list[Cell]:
     """Every combination of the table (for one quantisation value), in the docs' order."""
     return [
         Cell(ft, engine, accumulation, precision, quantization)
-        for ft in FINETUNING_TYPES
+        for ft in finetuning_types()
         for engine in ENGINES
         for accumulation in ACCUMULATION
         for precision in PRECISIONS
@@ -385,10 +392,10 @@ def check_config(config: dict[str, Any], *, world_size: int | None = None, has_g
     except ConfigError:
         # An unreadable deepspeed file: when every ZeRO stage is refused for this config, that says more.
         cells = [cell_of(config, world_size, deepspeed_engine=engine) for engine in ("zero2", "zero3")]
-        if all(c.finetuning_type in FINETUNING_TYPES and status_of(c).status == "refused" for c in cells):
+        if all(c.finetuning_type in finetuning_types() and status_of(c).status == "refused" for c in cells):
             _refuse(cells[-1])
         raise
-    if cell.finetuning_type not in FINETUNING_TYPES:
+    if cell.finetuning_type not in finetuning_types():
         return cell  # an unknown finetuning_type is reported by the method registry
     _refuse(cell)
     check_machine(cell, config, has_gpu)
@@ -460,7 +467,7 @@ def render_markdown() -> str:
         "`fp16` a CUDA GPU. Quantisation (`quantization_bit`) is the table's fifth axis: see the last table.",
         "",
     ]
-    for ft in FINETUNING_TYPES:
+    for ft in finetuning_types():
         lines += [f"## `{ft}`", ""]
         lines.append("| engine | " + " | ".join(f"accum {a}, {p}" for a, p in columns) + " |")
         lines.append("|---|" + "---|" * len(columns))
@@ -471,7 +478,7 @@ def render_markdown() -> str:
     lines += ["## Quantised (`quantization_bit: 4` or `8`)", ""]
     lines.append("| finetuning_type | " + " | ".join(f"{q}, {e}" for q in QUANTISED for e in ENGINES) + " |")
     lines.append("|---|" + "---|" * (len(QUANTISED) * len(ENGINES)))
-    for ft in FINETUNING_TYPES:
+    for ft in finetuning_types():
         cells = [mark(status_of(Cell(ft, e, "1", "fp32", q))) for q in QUANTISED for e in ENGINES]
         lines.append(f"| {ft} | " + " | ".join(cells) + " |")
     lines += [

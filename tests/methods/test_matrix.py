@@ -1,7 +1,7 @@
 """The promises every finetuning type keeps, checked on the embedded tiny model.
 
-A new method joins by adding a row to ``METHODS`` (and, where its trainable set differs, a line
-to ``expected_trainable``). A method that needs its own hyperparameters to keep the promises on the
+Every registered method is checked (``METHODS`` comes from the registry); where a method's trainable
+set differs, it adds a line to ``expected_trainable``. A method that needs its own hyperparameters to keep the promises on the
 tiny model says so in ``OVERRIDES``; the assertions are the same for every method.
 """
 
@@ -16,10 +16,11 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from llmtune.errors import TrainingInterrupted
 from llmtune.hparams import parse_args
+from llmtune.methods import finetuning_types
 from llmtune.model import load_model
 from llmtune.train.run import run_sft
 
-METHODS = ["full", "lora", "block", "sparse", "zo", "loretta", "adazeta"]
+METHODS = list(finetuning_types())
 
 # BAdam on a 2-layer model: switch every 5 steps so that every run crosses block switches (the
 # resume test stops mid-block); sparse updates a quarter of each weight so 40 steps show learning.

@@ -65,7 +65,12 @@ def iter_options(*, all_training_keys: bool = True) -> Iterator[Option]:
             seen.add(name)
             f = fields[name]
             default = f.default if f.default is not dataclasses.MISSING else None
-            yield Option(cls.__name__, name, default, " ".join(str(f.metadata.get("help", "")).split()))
+            text = " ".join(str(f.metadata.get("help", "")).split())
+            if f.metadata.get("choices_from") == "methods":  # the method registry is the one list of them
+                from llmtune.methods import METHODS
+
+                text += " " + "; ".join(f"{n} ({m.summary})" for n, m in METHODS.items()) + "."
+            yield Option(cls.__name__, name, default, text)
 
 
 def options_text() -> str:

@@ -18,10 +18,10 @@ FOREIGN_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
 class FinetuningArguments:
     """The training stage, the finetuning method, and what every method shares."""
 
-    stage: str = field(default="sft", metadata={"help": "Training stage. llmtune supports: sft."})
+    stage: str = field(default="sft", metadata={"choices": STAGES, "help": "Training stage. llmtune supports: sft."})
     finetuning_type: str = field(
         default="lora",
-        metadata={"help": "How to train: full, lora, block, sparse, zo, adazeta or loretta."},
+        metadata={"help": "How to train; the registered methods (llmtune.methods):", "choices_from": "methods"},
     )
     train_as_classification: bool = field(
         default=False,
@@ -36,12 +36,13 @@ class FinetuningArguments:
     lm_head_loss: str = field(
         default="auto",
         metadata={
+            "choices": LM_HEAD_LOSSES,
             "help": "How the SFT loss is computed. fused: TRL's fused LM head (the head in tiles, no full "
             "logits; with Triton on a GPU only the labelled positions). logits: the model's forward with the LM "
             "head run at the labelled positions only, then transformers' cross-entropy (the same loss as over "
             "full logits; logs mean_token_accuracy, not entropy). auto: fused where Triton runs it, logits "
             "elsewhere (on a CPU TRL's tiles score every position and recompute the head in the backward pass, "
-            "which is slower: measured in docs/benchmarks.md)."
+            "which is slower: measured in docs/benchmarks.md).",
         },
     )
     stop_on_nan: bool = field(

@@ -4,17 +4,29 @@ from llmtune.methods.adazeta.config import AdaZetaArguments
 from llmtune.methods.block.config import BlockArguments
 from llmtune.methods.lora.config import LoraArguments
 from llmtune.methods.loretta.config import LorettaArguments
-from llmtune.methods.registry import METHODS, Method, get_method, method_argument_classes, register
+from llmtune.methods.registry import (
+    METHODS,
+    Method,
+    finetuning_types,
+    get_method,
+    method_argument_classes,
+    register,
+)
 from llmtune.methods.sparse.config import SparseArguments
 from llmtune.methods.zo.config import ZerothOrderArguments
 
-register(Method("full", "all weights trained with AdamW", prepare="llmtune.methods.full.model:prepare_full"))
+register(
+    Method(
+        "full", "all weights trained with AdamW", prepare="llmtune.methods.full.model:prepare_full", bnb_optimizers=True
+    )
+)
 register(
     Method(
         "lora",
         "PEFT LoRA adapters on the chosen linear layers",
         arguments=LoraArguments,
         prepare="llmtune.methods.lora.model:prepare_lora",
+        bnb_optimizers=True,
     )
 )
 register(
@@ -26,6 +38,7 @@ register(
         trainer="llmtune.methods.block.trainer:BlockTrainer",
         keeps_half_weights=True,
         normalise="llmtune.methods.block.normalise:normalise_badam",  # also reads use_badam for sparse
+        bnb_optimizers=True,  # the base optimizer of each block
     )
 )
 register(
@@ -36,6 +49,7 @@ register(
         prepare="llmtune.methods.sparse.model:prepare_sparse",
         trainer="llmtune.methods.sparse.trainer:SparseTrainer",
         keeps_half_weights=True,
+        also_uses=("block",),  # BAdam's partition and switch options
     )
 )
 register(
@@ -48,6 +62,7 @@ register(
         keeps_half_weights=True,
         backward=False,
         data="llmtune.methods.zo.qa:answer_data",  # zo_objective: f1 trains on QA prompts and answers
+        trainer_kwargs="llmtune.methods.zo.trainer:trainer_kwargs",
     )
 )
 register(
@@ -61,6 +76,8 @@ register(
         report="llmtune.methods.loretta.model:report_loretta",
         keeps_half_weights=True,
         backward=False,
+        also_uses=("loretta", "zo"),  # LoRETTA's adapter shapes and the zo_* estimate
+        trainer_kwargs="llmtune.methods.adazeta.trainer:trainer_kwargs",
     )
 )
 register(
@@ -70,7 +87,8 @@ register(
         arguments=LorettaArguments,
         prepare="llmtune.methods.loretta.model:prepare_loretta",
         report="llmtune.methods.loretta.model:report_loretta",
+        bnb_optimizers=True,
     )
 )
 
-__all__ = ["METHODS", "Method", "get_method", "method_argument_classes", "register"]
+__all__ = ["METHODS", "Method", "finetuning_types", "get_method", "method_argument_classes", "register"]

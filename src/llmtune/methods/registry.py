@@ -41,6 +41,14 @@ class Method:
             QA prompts and gold answers), or None for the usual SFT or classification data.
         backward: the method's updates need a backward pass; zeroth-order methods (forward passes
             only) keep no activations for one, so gradient checkpointing is off by default for them.
+        also_uses: other methods whose options this one reads (``sparse`` BAdam's partition options,
+            ``adazeta`` LoRETTA's adapter shapes and the ``zo_*`` estimate): the CLI, the docs and the
+            web UI show those groups with it.
+        bnb_optimizers: a bitsandbytes optimizer (``optim: adamw_8bit``, ...) runs inside its updates;
+            methods that run their own optimizer refuse one.
+        trainer_kwargs: ``"module:function"`` taking the run's arguments and returning the keyword
+            arguments of the trainer's constructor (the method's options, as TRL hands a config to its
+            trainer), or None.
     """
 
     name: str
@@ -54,6 +62,9 @@ class Method:
     keeps_half_weights: bool = False
     backward: bool = True
     data: str | None = None
+    also_uses: tuple[str, ...] = ()
+    bnb_optimizers: bool = False
+    trainer_kwargs: str | None = None
 
     @property
     def implemented(self) -> bool:
@@ -77,6 +88,15 @@ class Method:
 
     def report_fn(self) -> Callable[..., str]:
         return _import(self.report)
+
+    def trainer_arguments(self, args: Any) -> dict[str, Any]:
+        """The method's own keyword arguments for its trainer's constructor (see ``trainer_kwargs``)."""
+        return _import(self.trainer_kwargs)(args) if self.trainer_kwargs else {}
+
+    def option_classes(self) -> tuple[type, ...]:
+        """The option dataclasses the method reads: its own, then those of ``also_uses``."""
+        own = (self.arguments,) if self.arguments is not None else ()
+        return own + tuple(METHODS[name].arguments for name in self.also_uses if METHODS[name].arguments is not None)
 
     def own_data(self, args: Any, tokenizer: Any) -> tuple[Any, dict[str, Any]] | None:
         """``(datasets, trainer kwargs)`` of the method's own data for ``args``, or None (see ``data``)."""
@@ -114,6 +134,11 @@ def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
         if method.normalise:
             config = _import(method.normalise)(config)
     return config
+
+
+def finetuning_types() -> tuple[str, ...]:
+    """Every registered ``finetuning_type``, in registration order (the one list all others derive from)."""
+    return tuple(METHODS)
 
 
 def method_argument_classes() -> list[type]:

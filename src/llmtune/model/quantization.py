@@ -30,8 +30,15 @@ QUANTIZATION_METHODS = ("bnb", "bitsandbytes")
 # Methods that train adapters beside a read-only base, so the base may be quantised.
 ADAPTER_METHODS = ("lora", "loretta", "zo", "adazeta")
 # Methods whose optimizer is built from ``optim`` (HF's name), so bitsandbytes' optimizers can run there.
-BNB_OPTIM_METHODS = ("full", "lora", "loretta", "block")
 INSTALL = "pip install bitsandbytes"
+
+
+def bnb_optim_methods() -> tuple[str, ...]:
+    """The finetuning types a bitsandbytes optimizer runs inside (the registry's ``bnb_optimizers``)."""
+    from llmtune.methods import METHODS
+
+    return tuple(name for name, method in METHODS.items() if method.bnb_optimizers)
+
 
 # bitsandbytes' constants (bitsandbytes/optim/optimizer.py, nn/modules.py), used by the estimator.
 BNB_4BIT_BLOCKSIZE = 64  # values per absmax constant of a 4-bit weight
@@ -96,10 +103,11 @@ def check_quantization(args: Any, finetuning_type: str | None = None) -> None:
     if is_bnb_optim(optim):
         if not bitsandbytes_installed():
             raise ConfigError(f"optim: {optim!r} is a bitsandbytes optimizer, which is not installed: {INSTALL}")
-        if method not in BNB_OPTIM_METHODS:
+        allowed = bnb_optim_methods()
+        if method not in allowed:
             raise ConfigError(
                 f"optim: {optim!r} cannot be used with finetuning_type: {method}: it runs its own optimizer; "
-                f"bitsandbytes optimizers work with {', '.join(BNB_OPTIM_METHODS)}"
+                f"bitsandbytes optimizers work with {', '.join(allowed)}"
             )
 
 

@@ -3,7 +3,7 @@
 The model is built on PyTorch's meta device from its ``config.json`` alone (shapes, no storage) and
 readied by the method's own ``prepare`` function, so the estimate sees the parameters, dtypes and
 trainable set the real run would have. Weights, gradients and optimizer state come from the method
-trainer's ``memory_estimate`` classmethod (``model -> {"weights", "gradients", "optimizer", "total"}``;
+trainer's ``memory_estimate`` classmethod (``(model, args) -> {"weights", "gradients", "optimizer", "total"}``;
 BAdam counts its largest block, ``sparse`` its selected entries), or, for a method that uses the plain
 ``LlmtuneTrainer``, from :func:`llmtune.train.memory.estimate_training_bytes` (AdamW on every
 trainable parameter); a method with a trainer of its own and no ``memory_estimate`` is not estimated. Activations are a first-order count, see :func:`activation_bytes`. The total
@@ -165,7 +165,7 @@ def estimate_memory(
             f"llmtune estimate: finetuning_type: {method.name} has no memory model yet "
             f"({trainer.__name__} defines no memory_estimate)"
         )
-    states = profile(model) if profile is not None else estimate_training_bytes(model)
+    states = profile(model, args) if profile is not None else estimate_training_bytes(model)
     trainable, total = count_parameters(model)
     half = bool(args.training.bf16 or args.training.fp16)
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})

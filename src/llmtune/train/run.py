@@ -187,6 +187,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
         finetuning_type=method.name,
         stop_on_nan=args.finetuning.stop_on_nan,
         lm_head_loss=args.finetuning.lm_head_loss,
+        **method.trainer_arguments(args),  # the method's own options, as constructor arguments
         **extra,
     )
     with stop.installed():

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmtune.methods.adazeta.trainer import ADAZETA_ARGUMENTS_ATTR
 from llmtune.methods.loretta.model import build_loretta_model
 from llmtune.methods.loretta.tuner.config import REFERENCE_ADAPTER_PLACEMENT
-from llmtune.methods.zo.model import ZO_ARGUMENTS_ATTR, set_zo_dtypes
+from llmtune.methods.zo.model import set_zo_dtypes
 
 ADAZETA_RANK = 5  # the reference run_all_large_exp.sh (RANK=5) and LorettaAdpConfig's default
 
@@ -32,6 +31,4 @@ def prepare_adazeta(model: Any, args: Any) -> Any:
         placement=REFERENCE_ADAPTER_PLACEMENT,
     )
     set_zo_dtypes(model, args)
-    setattr(model, ZO_ARGUMENTS_ATTR, args.methods["zo"])
-    setattr(model, ADAZETA_ARGUMENTS_ATTR, args.methods["adazeta"])
     return model

@@ -29,8 +29,10 @@ from llmtune.methods.zo.trainer import ZerothOrderTrainer, _parameter_groups
 
 logger = logging.getLogger("llmtune")
 
-# The prepared model carries its adazeta options here, for the trainer (as PEFT models carry ``peft_config``).
-ADAZETA_ARGUMENTS_ATTR = "adazeta_arguments"
+
+def trainer_kwargs(args) -> dict:
+    """The registry's ``trainer_kwargs``: the options reach the trainer as constructor arguments."""
+    return {"zo_arguments": args.methods["zo"], "adazeta_arguments": args.methods["adazeta"]}
 
 
 class AdaZetaTrainer(ZerothOrderTrainer):
@@ -38,7 +40,7 @@ class AdaZetaTrainer(ZerothOrderTrainer):
 
     def __init__(self, *args, adazeta_arguments: AdaZetaArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.adazeta_args = adazeta_arguments or getattr(self.model, ADAZETA_ARGUMENTS_ATTR, None) or AdaZetaArguments()
+        self.adazeta_args = adazeta_arguments or AdaZetaArguments()
         self.total_epochs: float = float(self.args.num_train_epochs)
         if self.args.world_size > 1:
             # Query-parallel: every process reads the same batch (get_train_dataloader), so a process's own

@@ -20,8 +20,9 @@ class BlockArguments:
     badam_switch_mode: str = field(
         default="random",
         metadata={
+            "choices": SWITCH_MODES,
             "help": "Order in which blocks train: random (a new permutation every pass over the blocks), "
-            "ascending, descending, or fixed (the start block only). block only."
+            "ascending, descending, or fixed (the start block only). block only.",
         },
     )
     badam_switch_interval: int = field(

@@ -117,7 +117,7 @@ class BlockTrainer(LlmtuneTrainer):
             self.model.disable_input_require_grads()
 
     @classmethod
-    def memory_estimate(cls, model: torch.nn.Module) -> dict[str, int]:
+    def memory_estimate(cls, model: torch.nn.Module, args=None) -> dict[str, int]:
         """Weights, and gradients and optimizer state of the largest block (fp32 master and its gradient
         on top of AdamW's two moments when the weights are half precision)."""
         largest = max(badam_setup(model).blocks, key=lambda block: block.numel)

@@ -26,7 +26,10 @@ class LorettaArguments:
 
     loretta_mode: str = field(
         default="adapter",
-        metadata={"help": "adapter (bottleneck adapters after the attention and MLP blocks) or reparam (a TT ΔW)."},
+        metadata={
+            "choices": LORETTA_MODES,
+            "help": "adapter (bottleneck adapters after the attention and MLP blocks) or reparam (a TT ΔW).",
+        },
     )
     loretta_rank: int | None = field(
         default=None,
@@ -60,7 +63,9 @@ class LorettaArguments:
             "(AdaZeta's placement, its default: loretta_input_target gate_proj,up_proj with loretta_target down_proj)."
         },
     )
-    loretta_activation: str = field(default="relu", metadata={"help": "adapter mode: the bottleneck non-linearity."})
+    loretta_activation: str = field(
+        default="relu", metadata={"choices": LORETTA_ACTIVATIONS, "help": "adapter mode: the bottleneck non-linearity."}
+    )
     loretta_init: str = field(
         default="identity",
         metadata={

@@ -27,8 +27,9 @@ class SparseArguments:
     badam_mask_mode: str = field(
         default="adjacent",
         metadata={
+            "choices": MASK_MODES,
             "help": "Which entries: adjacent (a window of consecutive entries that slides on at every switch) or "
-            "scatter (a seeded random subset per tensor, also sliding). sparse only."
+            "scatter (a seeded random subset per tensor, also sliding). sparse only.",
         },
     )
 

@@ -66,7 +66,7 @@ class SparseTrainer(BlockTrainer):
         return super()._get_grad_norm(model, grad_norm)
 
     @classmethod
-    def memory_estimate(cls, model: torch.nn.Module) -> dict[str, int]:
+    def memory_estimate(cls, model: torch.nn.Module, args=None) -> dict[str, int]:
         """Weights; compact fp32 gradients of the selected entries plus one dense gradient at a time;
         moments (and fp32 masters for half-precision weights, indices for scatter) of the selected entries."""
         setup = badam_setup(model)

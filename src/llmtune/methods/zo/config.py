@@ -23,8 +23,9 @@ class ZerothOrderArguments:
     zo_target: str = field(
         default="full",
         metadata={
+            "choices": ZO_TARGETS,
             "help": "What zo trains: full (every weight), lora (LoRA adapters, shaped by the lora_* options) "
-            "or prefix (prefix tuning with zo_prefix_tokens virtual tokens)."
+            "or prefix (prefix tuning with zo_prefix_tokens virtual tokens).",
         },
     )
     zo_eps: float = field(
@@ -37,15 +38,19 @@ class ZerothOrderArguments:
     )
     zo_optimizer: str = field(
         default="sgd",
-        metadata={"help": "Update rule: sgd (MeZO) or adamu (ZO-AdaMU: momentum and uncertainty in the perturbation)."},
+        metadata={
+            "choices": ZO_OPTIMIZERS,
+            "help": "Update rule: sgd (MeZO) or adamu (ZO-AdaMU: momentum and uncertainty in the perturbation).",
+        },
     )
     zo_objective: str = field(
         default="loss",
         metadata={
+            "choices": ZO_OBJECTIVES,
             "help": "What the two forwards evaluate: loss (the model's loss; with train_as_classification the "
             "cross-entropy over the options), accuracy (minus the share of examples whose best-scored option "
             "is right; needs train_as_classification) or f1 (minus the token F1 of greedy answers; dataset: QA tasks "
-            "such as squad, as MeZO trains SQuAD)."
+            "such as squad, as MeZO trains SQuAD).",
         },
     )
     zo_prefix_tokens: int = field(

@@ -10,11 +10,10 @@ from llmtune.errors import ConfigError
 from llmtune.model.loader import compute_dtype, set_training_dtypes
 
 # The prepared model carries its zo options here, for the trainer (as PEFT models carry ``peft_config``).
-ZO_ARGUMENTS_ATTR = "zo_arguments"
 
 
 def prepare_zo(model: Any, args: Any) -> Any:
-    """Return ``model`` ready for zeroth-order training, with ``model.zo_arguments`` set.
+    """Return ``model`` ready for zeroth-order training (the options reach the trainer through ``trainer_kwargs``).
 
     ``zo_target: full`` trains every weight; ``lora`` wraps the model with LoRA adapters exactly as
     ``finetuning_type: lora`` does (the ``lora_*`` options); ``prefix`` adds ``zo_prefix_tokens``
@@ -33,7 +32,6 @@ def prepare_zo(model: Any, args: Any) -> Any:
     else:
         model = prepare_prefix(model, zo.zo_prefix_tokens)
     set_zo_dtypes(model, args)
-    setattr(model, ZO_ARGUMENTS_ATTR, zo)
     return model
 
 

@@ -24,7 +24,6 @@ from llmtune.errors import NotImplementedYetError, NumericalError
 from llmtune.methods.zo import objectives
 from llmtune.methods.zo.adamu import ZerothOrderAdaMU
 from llmtune.methods.zo.config import ZerothOrderArguments
-from llmtune.methods.zo.model import ZO_ARGUMENTS_ATTR
 from llmtune.methods.zo.optimizer import ZerothOrderSGD
 from llmtune.methods.zo.rounding import HALF_DTYPES
 from llmtune.train import checkpoint as ckpt
@@ -37,13 +36,12 @@ logger = logging.getLogger("llmtune")
 class ZerothOrderTrainer(LlmtuneTrainer):
     """Forward-only fine-tuning: MeZO / ZO-AdaMU on the model's loss or a non-differentiable metric.
 
-    The options come from ``zo_arguments`` or, when the model was prepared by
-    :func:`~llmtune.methods.zo.model.prepare_zo`, from ``model.zo_arguments``.
+    The options come as the constructor's ``zo_arguments`` (the registry's ``trainer_kwargs``).
     """
 
     def __init__(self, *args, zo_arguments: ZerothOrderArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.zo_args = zo_arguments or getattr(self.model, ZO_ARGUMENTS_ATTR, None) or ZerothOrderArguments()
+        self.zo_args = zo_arguments or ZerothOrderArguments()
         _check_batch_contract(self.zo_args.zo_objective, self.train_dataset)
         # fp16's loss scaler would find no gradients to unscale and refuse to step; zo has nothing to scale.
         if getattr(self.accelerator, "scaler", None) is not None:
@@ -69,7 +67,7 @@ class ZerothOrderTrainer(LlmtuneTrainer):
         return self.optimizer
 
     @classmethod
-    def memory_estimate(cls, model: torch.nn.Module) -> dict[str, int]:
+    def memory_estimate(cls, model: torch.nn.Module, args=None) -> dict[str, int]:
         """Weights in their own dtypes (half precision unless ``zo_master_weights``), no gradients, and as
         "optimizer" what a step holds besides them: the perturbation ``z`` of the largest trainable parameter
         (with half-precision weights also the perturbed copy :meth:`ZerothOrderSGD._seen_direction` makes),
@@ -82,7 +80,7 @@ class ZerothOrderTrainer(LlmtuneTrainer):
             half = largest.dtype in HALF_DTYPES
             step = largest.numel() * largest.element_size() * (2 if half else 1)
             notes.append("z and a perturbed copy of the largest weight" if half else "z of the largest weight")
-        zo = getattr(model, ZO_ARGUMENTS_ATTR, None)
+        zo = args.methods.get("zo") if args is not None else None
         if largest is not None and zo is not None and zo.zo_optimizer == "adamu":
             step += sum(p.numel() * p.element_size() for p in trainable)  # momentum h
             step += 2 * largest.numel() * largest.element_size()  # the draws z_c, z_h
@@ -165,6 +163,11 @@ class ZerothOrderTrainer(LlmtuneTrainer):
         if kind == "accuracy":
             return objectives.negative_accuracy(model, inputs)
         return objectives.negative_f1(model, inputs, self.processing_class, self.zo_args.zo_max_new_tokens)
+
+
+def trainer_kwargs(args) -> dict:
+    """The registry's ``trainer_kwargs``: the ``zo_*`` options reach the trainer as a constructor argument."""
+    return {"zo_arguments": args.methods["zo"]}
 
 
 def build_optimizer(
