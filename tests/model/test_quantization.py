@@ -11,7 +11,7 @@ import yaml
 
 from llmtune.errors import ConfigError
 from llmtune.hparams import load_run_arguments, parse_args
-from llmtune.methods.block.model import badam_setup
+from llmtune.methods.block.model import setup_of_run
 from llmtune.methods.block.trainer import BlockTrainer
 from llmtune.model import load_model
 from llmtune.model.quantization import adam_8bit_state_bytes, quantized_bytes_per_weight
@@ -163,7 +163,7 @@ def test_block_with_adamw_8bit_keeps_8bit_state_for_the_active_block_only(make_c
     from llmtune.methods import get_method
 
     model = get_method("block").prepare_fn()(load_model(args.model), args)
-    setup = badam_setup(model)
+    setup = setup_of_run(model, args, "block")
     optimizer = BlockTrainer.build_optimizer(setup, args.training)
     assert isinstance(optimizer.base, bnb.optim.AdamW)
     ids = torch.randint(5, 200, (2, 12))

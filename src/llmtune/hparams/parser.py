@@ -393,7 +393,7 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
         if ft.stage in FOREIGN_STAGES:
             raise ConfigError(f"stage: {ft.stage!r} is a LLaMA-Factory stage llmtune does not support; use: sft")
         raise one_of("stage", ft.stage, STAGES)
-    get_method(ft.finetuning_type)
+    method = get_method(ft.finetuning_type)
     if data.template not in TEMPLATES:
         raise one_of("template", data.template, TEMPLATES)
     _positive("learning_rate", train.learning_rate)
@@ -426,6 +426,7 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
             raise ConfigError("dataset: required (names from dataset_info.json, comma-separated)")
     check_model_args(args.model)
     check_quantization(args)
+    method.check_run(args)  # the method's own combinations of options
     args.model.compute_dtype = compute_dtype_name(bool(train.bf16), bool(train.fp16))
 
 

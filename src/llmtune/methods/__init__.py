@@ -39,6 +39,7 @@ register(
         keeps_half_weights=True,
         normalise="llmtune.methods.block.normalise:normalise_badam",  # also reads use_badam for sparse
         bnb_optimizers=True,  # the base optimizer of each block
+        trainer_kwargs="llmtune.methods.block.model:trainer_kwargs",
     )
 )
 register(
@@ -50,6 +51,7 @@ register(
         trainer="llmtune.methods.sparse.trainer:SparseTrainer",
         keeps_half_weights=True,
         also_uses=("block",),  # BAdam's partition and switch options
+        trainer_kwargs="llmtune.methods.block.model:trainer_kwargs",
     )
 )
 register(
@@ -63,6 +65,7 @@ register(
         backward=False,
         data="llmtune.methods.zo.qa:answer_data",  # zo_objective: f1 trains on QA prompts and answers
         trainer_kwargs="llmtune.methods.zo.trainer:trainer_kwargs",
+        check="llmtune.methods.zo.model:check_zo_run",
     )
 )
 register(

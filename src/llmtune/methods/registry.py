@@ -46,6 +46,9 @@ class Method:
             web UI show those groups with it.
         bnb_optimizers: a bitsandbytes optimizer (``optim: adamw_8bit``, ...) runs inside its updates;
             methods that run their own optimizer refuse one.
+        check: ``"module:function"`` taking the run's arguments and raising a one-line ``ConfigError``
+            for a combination of options this method cannot train (run when the config is read, before
+            any model loads), or None.
         trainer_kwargs: ``"module:function"`` taking the run's arguments and returning the keyword
             arguments of the trainer's constructor (the method's options, as TRL hands a config to its
             trainer), or None.
@@ -65,6 +68,7 @@ class Method:
     also_uses: tuple[str, ...] = ()
     bnb_optimizers: bool = False
     trainer_kwargs: str | None = None
+    check: str | None = None
 
     @property
     def implemented(self) -> bool:
@@ -88,6 +92,11 @@ class Method:
 
     def report_fn(self) -> Callable[..., str]:
         return _import(self.report)
+
+    def check_run(self, args: Any) -> None:
+        """The method's own checks of a run's options (see ``check``)."""
+        if self.check:
+            _import(self.check)(args)
 
     def trainer_arguments(self, args: Any) -> dict[str, Any]:
         """The method's own keyword arguments for its trainer's constructor (see ``trainer_kwargs``)."""

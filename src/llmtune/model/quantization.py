@@ -94,12 +94,6 @@ def check_quantization(args: Any, finetuning_type: str | None = None) -> None:
         from llmtune.compat import Cell, refuse
 
         refuse(Cell(method, "none", "1", "fp32", f"{bits}bit"))  # which methods may be quantised: the table
-        zo = args.methods.get("zo")
-        if method == "zo" and zo is not None and zo.zo_target == "full":
-            raise ConfigError(
-                f"quantization_bit: {bits} cannot be used with zo_target: full: zo would perturb and update the "
-                f"quantised base weights, which are {bits}-bit integers; use zo_target: lora or prefix"
-            )
     if is_bnb_optim(optim):
         if not bitsandbytes_installed():
             raise ConfigError(f"optim: {optim!r} is a bitsandbytes optimizer, which is not installed: {INSTALL}")

@@ -13,16 +13,12 @@ from llmtune.methods.block.partition import ParamBlock, freeze_outside, partitio
 
 logger = logging.getLogger("llmtune")
 
-SETUP_ATTRIBUTE = "llmtune_badam"  # where prepare leaves the BadamSetup for the trainer
-
 
 @dataclass
 class BadamSetup:
-    """What ``prepare_block``/``prepare_sparse`` leave on the model for the trainer to build its optimizer.
-
-    The training path hands a trainer the model and the TrainingArguments only, so the method's own
-    options travel on the model (a plain attribute: never saved with the weights).
-    """
+    """What a BAdam optimizer is built from: the model's blocks and the method's options (the trainer
+    gets the options as constructor arguments, the registry's ``trainer_kwargs``, and partitions the
+    model it trains the way ``prepare`` did)."""
 
     kind: str  # "block" or "sparse"
     blocks: list[ParamBlock]
@@ -31,38 +27,42 @@ class BadamSetup:
     seed: int = 0
 
 
-def badam_setup(model: torch.nn.Module) -> BadamSetup:
-    """The :class:`BadamSetup` that prepare left on ``model``."""
-    setup = getattr(model, SETUP_ATTRIBUTE, None)
-    if setup is None:
-        raise RuntimeError("this model was not prepared by prepare_block or prepare_sparse")
-    return setup
-
-
-def prepare_badam(model: Any, args: Any, kind: str) -> Any:
-    """Cast, partition and freeze ``model`` for BAdam; leave a :class:`BadamSetup` on it.
-
-    With ``bf16: true`` the weights are kept in bfloat16 (BAdam's 2 bytes per parameter): the
-    optimizers hold an fp32 master of what they update. Otherwise the weights are fp32 (with
-    ``fp16: true`` too, so that the gradient scaler works). The parameters of every block train
-    (``requires_grad``) until the optimizer narrows them to the active block; all others are frozen.
-    """
-    options: BlockArguments = args.methods["block"]
-    model = model.to(torch.bfloat16) if args.training.bf16 else model.float()
+def badam_setup(
+    model: torch.nn.Module, kind: str, options: BlockArguments, sparse: Any = None, seed: int = 0
+) -> BadamSetup:
+    """The blocks of ``model`` under ``options`` (the same partition for ``prepare`` and the trainer)."""
     blocks = partition_blocks(
         model,
         include_embedding=options.badam_include_embedding,
         include_lm_head=options.badam_include_lm_head,
         active_modules=options.active_modules,
     )
+    return BadamSetup(kind, blocks, options, sparse if kind == "sparse" else None, seed)
+
+
+def setup_of_run(model: torch.nn.Module, args: Any, kind: str) -> BadamSetup:
+    """:func:`badam_setup` with a run's arguments."""
+    return badam_setup(model, kind, args.methods["block"], args.methods.get("sparse"), args.training.seed)
+
+
+def trainer_kwargs(args: Any) -> dict[str, Any]:
+    """The registry's ``trainer_kwargs`` of ``block`` and ``sparse``: their options for the trainer."""
+    return {"block_arguments": args.methods["block"], "sparse_arguments": args.methods.get("sparse")}
+
+
+def prepare_badam(model: Any, args: Any, kind: str) -> Any:
+    """Cast, partition and freeze ``model`` for BAdam.
+
+    With ``bf16: true`` the weights are kept in bfloat16 (BAdam's 2 bytes per parameter): the
+    optimizers hold an fp32 master of what they update. Otherwise the weights are fp32 (with
+    ``fp16: true`` too, so that the gradient scaler works). The parameters of every block train
+    (``requires_grad``) until the optimizer narrows them to the active block; all others are frozen.
+    """
+    model = model.to(torch.bfloat16) if args.training.bf16 else model.float()
+    blocks = setup_of_run(model, args, kind).blocks
     freeze_outside(model, blocks)
     for _, param in scope_parameters(blocks):
         param.requires_grad_(True)
-    setattr(
-        model,
-        SETUP_ATTRIBUTE,
-        BadamSetup(kind, blocks, options, args.methods.get("sparse") if kind == "sparse" else None, args.training.seed),
-    )
     largest = max(blocks, key=lambda b: b.numel)
     logger.info(
         "BAdam (%s): %d blocks (%s ... %s), the largest %s parameters (%s); weights in %s",

@@ -17,7 +17,8 @@ import logging
 import torch
 
 from llmtune.errors import ConfigError
-from llmtune.methods.block.model import BadamSetup, badam_setup
+from llmtune.methods.block.config import BlockArguments
+from llmtune.methods.block.model import BadamSetup, badam_setup, setup_of_run
 from llmtune.methods.block.normalise import refuse_unsupported
 from llmtune.methods.block.optimizer import HALF_DTYPES, BlockOptimizer
 from llmtune.train.memory import estimate_training_bytes
@@ -30,9 +31,17 @@ _WHOLE_MODEL_KEYS = ("params", "model", "optimizer_dict")
 
 
 class BlockTrainer(LlmtuneTrainer):
-    """``LlmtuneTrainer`` whose optimizer trains one block at a time (``finetuning_type: block``)."""
+    """``LlmtuneTrainer`` whose optimizer trains one block at a time (``finetuning_type: block``).
 
-    def __init__(self, *args, **kwargs):
+    The ``badam_*`` options come as ``block_arguments`` (and ``sparse_arguments`` for the ratio mode):
+    the registry's ``trainer_kwargs``.
+    """
+
+    KIND = "block"
+
+    def __init__(self, *args, block_arguments: BlockArguments | None = None, sparse_arguments=None, **kwargs):
+        self.block_args = block_arguments or BlockArguments()
+        self.sparse_args = sparse_arguments
         training_args = kwargs.get("args")
         if training_args is not None and training_args.world_size > 1:
             # After a switch the block DDP registered gets no gradient: let DDP find it unused.
@@ -57,7 +66,7 @@ class BlockTrainer(LlmtuneTrainer):
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            setup = badam_setup(self.model)
+            setup = badam_setup(self.model, self.KIND, self.block_args, self.sparse_args, self.args.seed)
             # Checked when the config was read; again here for trainers built by hand.
             refuse_unsupported(
                 setup.kind,
@@ -117,10 +126,10 @@ class BlockTrainer(LlmtuneTrainer):
             self.model.disable_input_require_grads()
 
     @classmethod
-    def memory_estimate(cls, model: torch.nn.Module, args=None) -> dict[str, int]:
+    def memory_estimate(cls, model: torch.nn.Module, args) -> dict[str, int]:
         """Weights, and gradients and optimizer state of the largest block (fp32 master and its gradient
         on top of AdamW's two moments when the weights are half precision)."""
-        largest = max(badam_setup(model).blocks, key=lambda block: block.numel)
+        largest = max(setup_of_run(model, args, cls.KIND).blocks, key=lambda block: block.numel)
         half = any(param.dtype in HALF_DTYPES for _, param in largest.params)
         estimate = estimate_training_bytes(
             model, optimizer_bytes_per_param=16 if half else 8, trainable=[p for _, p in largest.params]

@@ -14,7 +14,7 @@ import logging
 import torch
 from transformers import TrainerCallback
 
-from llmtune.methods.block.model import BadamSetup, badam_setup
+from llmtune.methods.block.model import BadamSetup, setup_of_run
 from llmtune.methods.block.optimizer import HALF_DTYPES
 from llmtune.methods.block.partition import scope_parameters
 from llmtune.methods.block.trainer import BlockTrainer
@@ -27,8 +27,14 @@ logger = logging.getLogger("llmtune")
 class SparseTrainer(BlockTrainer):
     """``LlmtuneTrainer`` whose optimizer updates a sliding fraction of every weight (``finetuning_type: sparse``)."""
 
+    KIND = "sparse"
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.sparse_args is None:
+            from llmtune.methods.sparse.config import SparseArguments
+
+            self.sparse_args = SparseArguments()
         self.add_callback(_DetachGradientHooks())
 
     @classmethod
@@ -66,10 +72,10 @@ class SparseTrainer(BlockTrainer):
         return super()._get_grad_norm(model, grad_norm)
 
     @classmethod
-    def memory_estimate(cls, model: torch.nn.Module, args=None) -> dict[str, int]:
+    def memory_estimate(cls, model: torch.nn.Module, args) -> dict[str, int]:
         """Weights; compact fp32 gradients of the selected entries plus one dense gradient at a time;
         moments (and fp32 masters for half-precision weights, indices for scatter) of the selected entries."""
-        setup = badam_setup(model)
+        setup = setup_of_run(model, args, cls.KIND)
         scope = [param for _, param in scope_parameters(setup.blocks)]
         ratio = setup.sparse.badam_update_ratio
         half = any(param.dtype in HALF_DTYPES for param in scope)

@@ -21,7 +21,7 @@ def prepare_zo(model: Any, args: Any) -> Any:
     tokens (MeZO's ``init_by_real_act``). The dtypes follow :func:`set_zo_dtypes`.
     """
     zo = args.methods["zo"]
-    _refuse_unsupported(args, zo)
+    check_zo_run(args)  # parsing ran it already; again for models prepared by hand
     if zo.zo_target == "full":
         for param in model.parameters():
             param.requires_grad_(True)
@@ -49,8 +49,16 @@ def set_zo_dtypes(model: Any, args: Any) -> None:
             param.data = param.data.to(dtype)
 
 
-def _refuse_unsupported(args: Any, zo: Any) -> None:
-    # DeepSpeed and FSDP with zo are refused by the compatibility table (llmtune.compat) when the config is read.
+def check_zo_run(args: Any) -> None:
+    """The registry's ``check`` of ``zo``: option combinations it cannot train, in one line before any model
+    loads (DeepSpeed and FSDP are refused by the compatibility table)."""
+    zo = args.methods["zo"]
+    bits = args.model.quantization_bit
+    if bits and zo.zo_target == "full":
+        raise ConfigError(
+            f"quantization_bit: {bits} cannot be used with zo_target: full: zo would perturb and update the "
+            f"quantised base weights, which are {bits}-bit integers; use zo_target: lora or prefix"
+        )
     if zo.zo_target == "lora" and args.methods["lora"].use_dora:
         raise ConfigError(
             "use_dora: true is not supported with zo_target: lora (DoRA reads its weights outside the adapter "
