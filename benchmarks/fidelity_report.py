@@ -73,7 +73,7 @@ def chosen_runs(records: list[dict], row: str) -> list[dict]:
 
 def _grid_progress(records: list[dict], row: str) -> str | None:
     """``"grid 1 of 2"`` while the first seed's learning-rate grid is unfinished, else None."""
-    from benchmarks.fidelity import ROWS
+    from benchmarks.fidelity_rows import ROWS
 
     grid = ROWS.get(row, {}).get("grid")
     tried = {r["lr"] for r in records if r["row"] == row and r.get("phase") == "grid" and "error" not in r}

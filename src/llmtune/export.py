@@ -53,7 +53,8 @@ def export_help() -> str:
 def load_export_arguments(tokens: list[str]) -> tuple[ModelArguments, ExportArguments]:
     """``llmtune export`` argv -> (model, export) arguments, validated; loads nothing."""
     from llmtune.model import check_model_args
-    from llmtune.model.quantization import check_quantization, compute_dtype_name
+    from llmtune.model.dtypes import compute_dtype_name
+    from llmtune.model.quantization import check_quantization
 
     config_path, overrides = parse_cli_overrides(tokens)
     config = read_config_file(config_path) if config_path else {}

@@ -19,7 +19,7 @@ from llmtune.data.tasks import (
     sample_demos,
     with_demos,
 )
-from llmtune.data.template import get_template
+from llmtune.data.templates import get_template
 from llmtune.errors import ConfigError, DataError
 from llmtune.hparams.data_args import DataArguments
 

@@ -9,7 +9,8 @@ from llmtune.data.loader import check_datasets
 from llmtune.data.processor import PreparedData, get_dataset
 from llmtune.data.registry import DatasetAttr, load_registry, resolve_dataset_dir
 from llmtune.data.report import DataReport
-from llmtune.data.template import TEMPLATES, Template, get_template
+from llmtune.data.template import Template
+from llmtune.data.templates import TEMPLATES, get_template
 
 __all__ = [
     "TEMPLATES",

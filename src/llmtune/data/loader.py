@@ -24,7 +24,7 @@ from llmtune.data.registry import (
 from llmtune.data.report import DataReport, DatasetCount
 from llmtune.data.rows import Conversation, RowProblem, convert_row
 from llmtune.data.tasks import load_task_conversations, tasks_among
-from llmtune.data.template import TEMPLATES
+from llmtune.data.templates import TEMPLATES
 from llmtune.errors import ConfigError, DataError, DataFileNotFoundError, one_of, suggest
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ from llmtune.data.loader import eval_size, load_conversations
 from llmtune.data.packing import pack_examples
 from llmtune.data.report import DataReport
 from llmtune.data.rows import Conversation
-from llmtune.data.template import Pairs, Template, get_template
+from llmtune.data.template import Pairs, Template
+from llmtune.data.templates import get_template
 from llmtune.errors import DataError
 
 if TYPE_CHECKING:

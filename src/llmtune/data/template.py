@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-from llmtune.errors import ConfigError, one_of
+from llmtune.errors import ConfigError
 
 Pairs = list[tuple[list[int], list[int]]]
 
@@ -104,7 +104,7 @@ class Template:
         """Raise ``ConfigError`` when the tokenizer lacks a token the template needs."""
         missing = self.missing_tokens(tokenizer)
         if missing:
-            fitting = [name for name, t in TEMPLATES.items() if name != "auto" and not t.missing_tokens(tokenizer)]
+            fitting = [name for name, t in BUILTIN_TEMPLATES.items() if not t.missing_tokens(tokenizer)]
             raise ConfigError(
                 f"template '{self.name}' needs token '{missing[0]}', which this tokenizer lacks; use template: auto "
                 f"(the tokenizer's chat_template) or one it supports: {', '.join(fitting) or 'none'}"
@@ -186,25 +186,3 @@ BUILTIN_TEMPLATES: dict[str, Template] = {
         system_in_user=True,
     ),
 }
-
-
-def _all_templates() -> dict[str, Template]:
-    from llmtune.data.chat_template import AutoTemplate
-
-    return {**BUILTIN_TEMPLATES, "auto": AutoTemplate(name="auto", user="")}
-
-
-TEMPLATES: dict[str, Template] = _all_templates()
-
-
-def get_template(name: str, tokenizer: PreTrainedTokenizerBase) -> Template:
-    """The template called ``name``, checked against ``tokenizer``.
-
-    Raises ``ConfigError`` for an unknown name (with a suggestion), or when the tokenizer lacks
-    a token the template needs (listing the templates it does support).
-    """
-    if name not in TEMPLATES:
-        raise one_of("template", name, TEMPLATES)
-    template = TEMPLATES[name]
-    template.check_tokenizer(tokenizer)
-    return template

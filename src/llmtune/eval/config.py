@@ -21,7 +21,8 @@ from llmtune.errors import ConfigError, DataFileNotFoundError, one_of, suggest
 from llmtune.hparams.data_args import DataArguments
 from llmtune.hparams.eval_args import EVAL_DATA_KEYS, TASK_FORMATS, EvalArguments
 from llmtune.hparams.model_args import ModelArguments
-from llmtune.hparams.parser import coerce, is_secret, parse_cli_overrides, read_config_file
+from llmtune.hparams.parser import coerce, parse_cli_overrides, read_config_file
+from llmtune.hparams.secrets import is_secret
 
 MT_BENCH = "mt_bench"
 RUN_CONFIG = "training_args.yaml"

@@ -21,12 +21,11 @@ from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, sug
 from llmtune.hparams.data_args import DataArguments
 from llmtune.hparams.finetuning_args import FOREIGN_STAGES, LM_HEAD_LOSSES, STAGES, FinetuningArguments
 from llmtune.hparams.model_args import ModelArguments
+from llmtune.hparams.secrets import is_secret  # noqa: F401  (re-exported: eval and kernel configs use it)
 
 CHECKPOINTING_KEYS = ("gradient_checkpointing", "activation_checkpointing")  # transformers' name and its alias
 
 # Keys whose values must never be written to disk or logs (hub_token, judge_api_key, ...).
-SECRET_WORDS = ("api_key", "secret", "password")
-SECRET_SUFFIXES = ("hub_token", "auth_token", "access_token", "api_token")
 
 
 @dataclass
@@ -43,12 +42,6 @@ class RunArguments:
     def public_config(self) -> dict[str, Any]:
         """The keys the user set, with secrets removed: safe to save next to the outputs."""
         return {k: v for k, v in self.given.items() if not is_secret(k)}
-
-
-def is_secret(key: str) -> bool:
-    """Whether a config key holds a credential (never saved, logged or pickled)."""
-    key = key.lower()
-    return any(word in key for word in SECRET_WORDS) or key.endswith(SECRET_SUFFIXES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +379,8 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
     from llmtune.errors import one_of
     from llmtune.methods import get_method
     from llmtune.model import check_model_args
-    from llmtune.model.quantization import check_quantization, compute_dtype_name
+    from llmtune.model.dtypes import compute_dtype_name
+    from llmtune.model.quantization import check_quantization
 
     ft, data, train = args.finetuning, args.data, args.training
     if ft.stage not in STAGES:

@@ -83,7 +83,7 @@ class TrainingArguments(SFTConfig):
 
     def __getstate__(self):
         # Trainer pickles these arguments into every checkpoint (training_args.bin): keep secrets out.
-        from llmtune.hparams.parser import is_secret
+        from llmtune.hparams.secrets import is_secret
 
         state = self.__dict__.copy()
         for key, value in state.items():

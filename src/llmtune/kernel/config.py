@@ -25,7 +25,8 @@ from llmtune.hparams.kernel_args import (
     KernelArguments,
 )
 from llmtune.hparams.model_args import ModelArguments
-from llmtune.hparams.parser import coerce, is_secret, parse_cli_overrides, read_config_file
+from llmtune.hparams.parser import coerce, parse_cli_overrides, read_config_file
+from llmtune.hparams.secrets import is_secret
 
 
 @dataclass

@@ -11,20 +11,30 @@ import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
 
+from llmtune.data.tasks import Task, TaskExample
 from llmtune.eval.metrics import choice_metrics
 from llmtune.kernel.config import KernelRun
 from llmtune.kernel.solvers import predict, solve
 
-if TYPE_CHECKING:
-    from llmtune.kernel.run import KernelData
-
 KERNEL_CONFIG_FILE = "kernel_args.yaml"
 SCORED = ("dev", "eval")  # the splits with an accuracy; "eval" is the test set
+
+
+@dataclass
+class KernelData:
+    """One seed's k-shot draw: the training and dev examples, and the test examples (the same for every seed)."""
+
+    task: Task
+    seed: int
+    train: list[TaskExample]
+    dev: list[TaskExample]
+    eval: list[TaskExample]
+    skipped_rows: int
 
 
 @dataclass

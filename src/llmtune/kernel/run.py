@@ -16,31 +16,19 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llmtune.data.kshot import k_shot_splits
-from llmtune.data.tasks import Task, TaskExample, load_task_examples, load_tasks
+from llmtune.data.tasks import TaskExample, load_task_examples, load_tasks
 from llmtune.kernel.config import KernelRun
+from llmtune.kernel.report import KernelData
 
 logger = logging.getLogger("llmtune")
 
 SPLITS = ("train", "dev", "eval")  # the kernel's columns: the training set itself, the dev set, the test set
-
-
-@dataclass
-class KernelData:
-    """One seed's k-shot draw: the training and dev examples, and the test examples (the same for every seed)."""
-
-    task: Task
-    seed: int
-    train: list[TaskExample]
-    dev: list[TaskExample]
-    eval: list[TaskExample]
-    skipped_rows: int
 
 
 def load_kernel_data(run: KernelRun) -> list[KernelData]:

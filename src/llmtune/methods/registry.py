@@ -82,7 +82,7 @@ class Method:
         what stays frozen in the compute dtype (``bf16``/``fp16``, else float32)."""
         model = self.prepare_fn()(model, args)
         if not self.keeps_half_weights:
-            from llmtune.model.loader import compute_dtype, set_training_dtypes
+            from llmtune.model.dtypes import compute_dtype, set_training_dtypes
 
             set_training_dtypes(model, compute_dtype(args.training.bf16, args.training.fp16))
         return model

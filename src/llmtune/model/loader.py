@@ -24,7 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, one_of, suggest
 from llmtune.hparams.model_args import ModelArguments
-from llmtune.model.quantization import compute_dtype_name, quantized_load_kwargs
+from llmtune.model.dtypes import compute_dtype, compute_dtype_name, set_training_dtypes  # noqa: F401  (re-exported)
+from llmtune.model.quantization import quantized_load_kwargs
 from llmtune.model.smollm2 import SMOLLM2_MODEL_NAME, ensure_smollm2_model, find_gguf_file, smollm2_model_dir
 from llmtune.model.tiny import BUILD_MARKER, TINY_MODEL_NAME, ensure_tiny_model
 
@@ -235,31 +236,11 @@ def load_model(
     return model
 
 
-def compute_dtype(bf16: bool | None, fp16: bool | None) -> torch.dtype:
-    """The dtype a model is loaded in for training: bfloat16 or float16 as asked, else float32."""
-    return getattr(torch, compute_dtype_name(bool(bf16), bool(fp16)))
-
-
 def training_load_dtype(bf16: bool | None, fp16: bool | None) -> torch.dtype | str:
     """What ``llmtune train`` loads a model in: float32, or the checkpoint's own dtype (``"auto"``)
     under bf16/fp16, so that a bf16 checkpoint never passes through float32 (half the load memory)
     and an fp32 one is not rounded before its trained part is upcast again (see ``set_training_dtypes``)."""
     return "auto" if (bf16 or fp16) else torch.float32
-
-
-def set_training_dtypes(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Trainable parameters in float32; frozen floating-point ones in ``dtype`` (the compute dtype).
-
-    With bf16/fp16 a LoRA base then costs 2 bytes per parameter while what is trained keeps fp32
-    weights for the optimizer and the fp16 gradient scaler (as LLaMA-Factory and PEFT's QLoRA recipe do).
-    Quantised weights (integer storage) are left alone.
-    """
-    for param in model.parameters():
-        if not param.is_floating_point():
-            continue
-        target = torch.float32 if param.requires_grad else dtype
-        if param.dtype != target:
-            param.data = param.data.to(target)
 
 
 def upcast_trainable(model: torch.nn.Module) -> int:

@@ -105,11 +105,6 @@ def check_quantization(args: Any, finetuning_type: str | None = None) -> None:
             )
 
 
-def compute_dtype_name(bf16: bool, fp16: bool) -> str:
-    """The dtype quantised layers compute in: that of the mixed precision asked for, else float32."""
-    return "bfloat16" if bf16 else "float16" if fp16 else "float32"
-
-
 def bnb_config(model_args: Any) -> Any:
     """The ``BitsAndBytesConfig`` for ``model_args`` (``quantization_bit`` set), in its compute dtype."""
     from transformers import BitsAndBytesConfig

@@ -27,10 +27,10 @@ import torch
 from llmtune.errors import ConfigError, LlmtuneError, NotImplementedYetError
 from llmtune.hparams.parser import RunArguments, coerce, parse_args, parse_cli_overrides, read_config_file
 from llmtune.hparams.training_args import gradient_checkpointing_setting
+from llmtune.model.dtypes import compute_dtype_name
 from llmtune.model.quantization import (
     adam_8bit_state_bytes,
     check_quantization,
-    compute_dtype_name,
     optim_name,
     quantizable_weights,
     quantized_weight_bytes,
