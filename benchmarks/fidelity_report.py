@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "fidelity.md"
 PLOTS = REPO / "docs" / "fidelity"
 
+SEEDS = (13, 21, 42, 87, 100)  # as benchmarks.fidelity (the papers' seeds)
+
 WHAT = {
     "zero_shot": "the untrained model, prompt and label words only",
     "icl": "in-context: 4 demonstrations from the seed's k-shot training set before each test prompt",
@@ -158,40 +160,62 @@ def _per_seed(table, a: str, b: str) -> dict[int, float]:
 CLOSE = 0.05  # "within a few points": at most 5 accuracy points below, on the mean over seeds
 
 
+def _complete(table: dict[str, dict], row: str) -> bool:
+    """Whether ``row`` has its grid and every seed (a deterministic row: its one run)."""
+    t = table.get(row)
+    return t is not None and not t["grid"] and (t["seeds"] == [None] or len(t["seeds"]) == len(SEEDS))
+
+
+def _judged(table: dict[str, dict], rows: tuple[str, ...], decide) -> str:
+    """``decide()`` once every row of the claim is complete; else what is missing (no verdict from a part)."""
+    missing = [r for r in rows if r not in table]
+    if missing:
+        return f"not measured yet ({', '.join(missing)} not run)"
+    partial = [f"{r}: {len(table[r]['seeds'])} of {len(SEEDS)} seeds" for r in rows if not _complete(table, r)]
+    if partial:
+        return f"pending ({'; '.join(partial)})"
+    return decide()
+
+
+def _so_far(table: dict[str, dict], rows: tuple[str, ...]) -> str:
+    return "" if all(_complete(table, r) for r in rows if r in table) else " (so far)"
+
+
 def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
-    """``(claim, evidence here, verdict)`` for each paper's claim."""
+    """``(claim, evidence here, verdict)`` for each paper's claim; a verdict only from complete rows."""
 
     def pts(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:+.1f} points"
 
     out = []
+    rows = ("zo", "zero_shot", "icl", "full")
     zo_zs, zo_icl, zo_full = _gap(table, "zo", "zero_shot"), _gap(table, "zo", "icl"), _gap(table, "zo", "full")
-    if None in (zo_zs, zo_icl, zo_full):
-        verdict = "not measured yet"
-    else:
-        verdict = "reproduced" if zo_zs > 0 and zo_icl > 0 and zo_full >= -CLOSE else "not reproduced"
     out.append(
         (
             "MeZO: zeroth-order fine-tuning improves clearly over zero-shot and in-context learning and comes "
             "within a few points of full fine-tuning (k = 16)",
-            f"zo - zero-shot {pts(zo_zs)}, zo - ICL {pts(zo_icl)}, zo - full {pts(zo_full)}",
-            verdict,
+            f"zo - zero-shot {pts(zo_zs)}, zo - ICL {pts(zo_icl)}, zo - full {pts(zo_full)}{_so_far(table, rows)}",
+            _judged(
+                table,
+                rows,
+                lambda: "reproduced" if zo_zs > 0 and zo_icl > 0 and zo_full >= -CLOSE else "not reproduced",
+            ),
         )
     )
     acc = _gap(table, "zo_accuracy", "zero_shot")
     out.append(
         (
             "MeZO: a non-differentiable objective (accuracy) also trains",
-            f"zo_accuracy - zero-shot {pts(acc)}",
-            "not measured yet" if acc is None else ("reproduced" if acc > 0 else "not reproduced"),
+            f"zo_accuracy - zero-shot {pts(acc)}{_so_far(table, ('zo_accuracy',))}",
+            _judged(table, ("zo_accuracy", "zero_shot"), lambda: "reproduced" if acc > 0 else "not reproduced"),
         )
     )
     adamu = _gap(table, "zo_adamu", "zo")
     out.append(
         (
             "ZO-AdaMU: a higher accuracy than MeZO at the same number of steps",
-            f"zo_adamu - zo {pts(adamu)} (same steps)",
-            "not measured yet" if adamu is None else ("reproduced" if adamu > 0 else "not reproduced"),
+            f"zo_adamu - zo {pts(adamu)} (same steps){_so_far(table, ('zo_adamu', 'zo'))}",
+            _judged(table, ("zo_adamu", "zo"), lambda: "reproduced" if adamu > 0 else "not reproduced"),
         )
     )
     ada = _gap(table, "adazeta", "zo_lora")
@@ -199,20 +223,24 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
     out.append(
         (
             "AdaZeta: a higher accuracy than MeZO-LoRA at an equal query budget, and no divergence",
-            f"adazeta - zo_lora {pts(ada)}; queries per run: adazeta {queries['adazeta']}, zo_lora {queries['zo_lora']}",
-            "not measured yet" if ada is None else ("reproduced" if ada > 0 else "not reproduced"),
+            f"adazeta - zo_lora {pts(ada)}; queries per run: adazeta {queries['adazeta']}, zo_lora "
+            f"{queries['zo_lora']}{_so_far(table, ('adazeta', 'zo_lora'))}",
+            _judged(table, ("adazeta", "zo_lora"), lambda: "reproduced" if ada > 0 else "not reproduced"),
         )
     )
     for row in ("loretta_adp", "loretta_rep"):
         gap = _gap(table, row, "lora")
         ratio = (table[row]["params"] / table["lora"]["params"]) if row in table and "lora" in table else None
+        evidence = f"{row} - lora {pts(gap)}; trainable parameters {ratio:.2f}x LoRA's" if ratio else "n/a"
         out.append(
             (
                 f"LoRETTA ({row}): about LoRA's accuracy with a small fraction of its trainable parameters",
-                f"{row} - lora {pts(gap)}; trainable parameters {ratio:.2f}x LoRA's" if ratio else "n/a",
-                "not measured yet"
-                if gap is None
-                else ("reproduced" if gap >= -CLOSE and ratio < 1 else "not reproduced"),
+                evidence + _so_far(table, (row, "lora")),
+                _judged(
+                    table,
+                    (row, "lora"),
+                    lambda gap=gap, ratio=ratio: "reproduced" if gap >= -CLOSE and ratio < 1 else "not reproduced",
+                ),
             )
         )
     gap = _gap(table, "loretta_adp", "loretta_adp_ref")
@@ -220,10 +248,12 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
         (
             "llmtune's deviation: LoRETTA adapters start as the identity (loretta_init: identity) where the reference "
             "starts every core at random; kept only if it costs no accuracy",
-            f"loretta_adp - loretta_adp_ref {pts(gap)}",
-            "not measured yet"
-            if gap is None
-            else ("no cost: identity kept" if gap >= -CLOSE else "costs accuracy: follow the reference"),
+            f"loretta_adp - loretta_adp_ref {pts(gap)}{_so_far(table, ('loretta_adp', 'loretta_adp_ref'))}",
+            _judged(
+                table,
+                ("loretta_adp", "loretta_adp_ref"),
+                lambda: "no cost: identity kept" if gap >= -CLOSE else "costs accuracy: follow the reference",
+            ),
         )
     )
     gap = _gap(table, "block", "full")
@@ -231,8 +261,11 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
     out.append(
         (
             "BAdam: close to Adam full fine-tuning at a fraction of its memory",
-            f"block - full {pts(gap)}; peak RSS {memory:.2f}x full's" if memory else "n/a",
-            "not measured yet" if gap is None else ("reproduced" if gap >= -CLOSE and memory < 1 else "not reproduced"),
+            (f"block - full {pts(gap)}; peak RSS {memory:.2f}x full's" if memory else "n/a")
+            + _so_far(table, ("block", "full")),
+            _judged(
+                table, ("block", "full"), lambda: "reproduced" if gap >= -CLOSE and memory < 1 else "not reproduced"
+            ),
         )
     )
     for formula in ("kernel_sgd", "kernel_signgd", "kernel_asymmetric_signgd"):
@@ -243,8 +276,10 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
             (
                 f"LM-Kernel-FT ({formula}): on a sentiment task the kernel's accuracy is close to prompt-based "
                 "full fine-tuning's",
-                f"{formula} - full {pts(gap)}; per seed {shown or 'n/a'}",
-                "not measured yet" if gap is None else ("reproduced" if abs(gap) <= CLOSE else "not reproduced"),
+                f"{formula} - full {pts(gap)}; per seed {shown or 'n/a'}{_so_far(table, (formula, 'full'))}",
+                _judged(
+                    table, (formula, "full"), lambda gap=gap: "reproduced" if abs(gap) <= CLOSE else "not reproduced"
+                ),
             )
         )
     return out

@@ -40,15 +40,28 @@ def test_the_rows_runs_are_the_best_dev_grid_run_and_the_other_seeds_at_its_rate
     assert table["zo"]["test"][0] == pytest.approx(0.6) and table["zo"]["test"][1] == pytest.approx(0.1414, abs=1e-4)
 
 
-def test_verdicts_follow_the_numbers_and_say_what_is_missing():
+def complete(row, test, dev=0.7):
+    """A row with its learning-rate grid (the first rate wins on dev) and all five seeds at ``test``."""
+    first, *others = fidelity.ROWS[row]["grid"]
+    grid = [record(row, 13, first, dev, test, "grid"), *[record(row, 13, lr, dev - 0.1, 0.0, "grid") for lr in others]]
+    return grid + [record(row, seed, first, dev, test) for seed in (21, 42, 87, 100)]
+
+
+def test_verdicts_come_from_complete_rows_follow_the_numbers_and_say_what_is_missing():
     zero = {**record("zero_shot", None, None, 0.5, 0.5), "kind": "score"}
-    records = [zero, record("zo", 13, 1e-6, 0.7, 0.8, "grid"), record("full", 13, 1e-5, 0.8, 0.83, "grid")]
-    assert fidelity_report.verdicts(fidelity_report.summarise(records))[0][2] == "not measured yet"  # no ICL row
-    icl = {**record("icl", 13, None, 0.6, 0.6), "kind": "score"}
-    verdicts = fidelity_report.verdicts(fidelity_report.summarise([*records, icl]))
+    icl = [{**record("icl", seed, None, 0.6, 0.6), "kind": "score"} for seed in fidelity.SEEDS]
+    records = [zero, *complete("zo", 0.8), *complete("full", 0.83)]
+    verdict = fidelity_report.verdicts(fidelity_report.summarise(records))[0][2]
+    assert verdict == "not measured yet (icl not run)"
+    verdicts = fidelity_report.verdicts(fidelity_report.summarise([*records, *icl]))
     assert verdicts[0][2] == "reproduced"  # +30 over zero-shot, +20 over ICL, -3 from full
-    worse = [zero, icl, record("zo", 13, 1e-6, 0.7, 0.55, "grid"), record("full", 13, 1e-5, 0.8, 0.83, "grid")]
+    worse = [zero, *icl, *complete("zo", 0.55), *complete("full", 0.83)]
     assert fidelity_report.verdicts(fidelity_report.summarise(worse))[0][2] == "not reproduced"
+    # one seed short, or the grid unfinished: no verdict from a part of the runs
+    partial = [zero, *icl, *complete("zo", 0.8)[:-1], *complete("full", 0.83)]
+    assert fidelity_report.verdicts(fidelity_report.summarise(partial))[0][2] == "pending (zo: 4 of 5 seeds)"
+    ungridded = [zero, *icl, *complete("zo", 0.8)[:1], *complete("full", 0.83)]
+    assert fidelity_report.verdicts(fidelity_report.summarise(ungridded))[0][2].startswith("pending (zo: 1 of 5")
 
 
 def test_a_busy_runs_time_is_not_reported():
