@@ -91,3 +91,13 @@ def test_the_suite_runs_resumes_and_writes_its_page(tmp_path):
     assert len(results.read_text().splitlines()) == 6  # resumed: nothing ran again
     page = (tmp_path / "fidelity.md").read_text()
     assert "| zo | MeZO" in page and "not run yet" in page
+
+
+def test_every_test_the_deviations_table_names_exists():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for _, _, tests in fidelity_report.DEVIATIONS:
+        for path, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", tests):
+            assert f"def {name}(" in (root / path).read_text(), f"{path}::{name}"
