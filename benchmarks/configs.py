@@ -27,6 +27,12 @@ CONFIGS: dict[str, dict] = {
     "lora": {"runner": "llmtune", "options": {"finetuning_type": "lora", **LORA}, "lr": 1e-4},
     "block": {"runner": "llmtune", "options": {"finetuning_type": "block", **BLOCK}, "lr": 1e-5},
     "sparse": {"runner": "llmtune", "options": {"finetuning_type": "sparse", **RATIO}, "lr": 1e-5},
+    # BAdam over a whole pass of the blocks: a switch every step, each block in turn (the block_pass suite)
+    "block_pass": {
+        "runner": "llmtune",
+        "options": {"finetuning_type": "block", "badam_switch_mode": "ascending", "badam_switch_interval": 1},
+        "lr": 1e-5,
+    },
     "zo": {"runner": "llmtune", "options": {"finetuning_type": "zo"}, "lr": 1e-6},
     "zo_master": {"runner": "llmtune", "options": {"finetuning_type": "zo", "zo_master_weights": True}, "lr": 1e-6},
     "zo_lora": {"runner": "llmtune", "options": {"finetuning_type": "zo", "zo_target": "lora", **LORA}, "lr": 1e-4},
@@ -80,7 +86,7 @@ CONFIGS: dict[str, dict] = {
     },
 }
 
-MEMORY_ONLY = ("zo_master",)  # run by the memory suite only (in fp32 it is plain zo)
+MEMORY_ONLY = ("zo_master", "block_pass")  # run by their own suites only
 LLMTUNE_TYPES = [name for name, c in CONFIGS.items() if c["runner"] == "llmtune" and name not in MEMORY_ONLY]
 BASELINES = [name for name, c in CONFIGS.items() if c["runner"] in ("trl", "llamafactory")]
 ALL_CONFIGS = [*LLMTUNE_TYPES, "inference", *BASELINES]
@@ -161,6 +167,18 @@ SUITES: dict[str, dict] = {
             },
             {"models": ["smollm2"], "lengths": [256], "configs": ["inference", "zo"], "bf16": False},
         ],
+    },
+    # BAdam's step against full's over a whole pass of SmolLM2's 30 layers (warm-up 1, then 30 steps: every
+    # block once), batch 2 x 256, interleaved and repeated; also what its switches cost (switch_seconds).
+    "block_pass": {
+        "warmup": 1,
+        "steps": 30,
+        "repeats": 3,
+        "batch": 2,
+        "bf16": False,
+        "dataset": "alpaca_en_demo",
+        "fill_rows": True,
+        "groups": [{"models": ["smollm2"], "lengths": [256], "configs": ["block_pass", "full"]}],
     },
     "quality": {  # loss curves of every llmtune finetuning type on SmolLM2, on the same budget
         "warmup": 0,

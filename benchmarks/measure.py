@@ -98,6 +98,12 @@ class Measure(TrainerCallback):
             self.memory.reset()
         self.tokens_at_end = tokens
 
+    def on_train_end(self, args, state, control, optimizer=None, **kwargs):
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+        if hasattr(inner, "switch_seconds"):  # BAdam: what its block switches cost, against the steps
+            self.extra["switches"] = inner.switches
+            self.extra["switch_seconds"] = round(inner.switch_seconds, 4)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.losses.append(float(logs["loss"]))
@@ -122,6 +128,7 @@ class Measure(TrainerCallback):
         return {
             "steps": len(self.seconds),
             "step_seconds": statistics.median(measured) if measured else None,
+            "mean_step_seconds": statistics.fmean(measured) if measured else None,  # over a whole pass of blocks
             "seconds": [round(x, 4) for x in self.seconds],  # every step, warm-up included: the spread
             "tokens_per_second": tokens / sum(measured) if measured and tokens else None,
             "peak_train_bytes": peak_train,

@@ -26,6 +26,7 @@ same block, the same Adam state and the same trajectory.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +101,7 @@ class BlockOptimizer(torch.optim.Optimizer):
         self.global_step = 0  # optimizer steps taken
         self.steps_in_block = 0  # steps taken on the active block
         self.switches = 0
+        self.switch_seconds = 0.0  # time spent switching blocks (new base optimizer, masters), for benchmarks
         self.pass_index = 0  # which pass over the blocks this is (random mode draws a new order for each)
         self.order = self._order_for_pass(0)
         self.position = 0  # index into self.order of the active block
@@ -180,6 +182,7 @@ class BlockOptimizer(torch.optim.Optimizer):
         return order
 
     def _advance(self) -> None:
+        start = time.perf_counter()
         self.position += 1
         if self.position >= len(self.order):
             self.pass_index += 1
@@ -188,6 +191,7 @@ class BlockOptimizer(torch.optim.Optimizer):
         self.steps_in_block = 0
         self.switches += 1
         self._activate(self.current_block)
+        self.switch_seconds += time.perf_counter() - start
 
     def _activate(self, index: int) -> None:
         """Make block ``index`` the only trainable one, with fresh masters and fresh optimizer state."""
