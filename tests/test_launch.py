@@ -127,6 +127,6 @@ def test_train_validates_then_relaunches_with_its_arguments(monkeypatch, tmp_pat
     assert len(_Recorder.commands) == 1 and _Recorder.commands[0][-len(tokens) - 1 :] == ["train", *tokens]
     assert not (tmp_path / "out").exists()  # the parent only validated; the workers train
 
-    # A combination the table refuses never starts torchrun.
-    assert main(["train", *tokens, "--finetuning_type", "sparse"]) == 2
+    # A combination refused before anything loads never starts torchrun (sparse keeps fp16 from seeing its gradients).
+    assert main(["train", *tokens, "--finetuning_type", "sparse", "--fp16", "true"]) == 2
     assert len(_Recorder.commands) == 1
