@@ -42,7 +42,7 @@ class FinetuningArguments:
             "head run at the labelled positions only, then transformers' cross-entropy (the same loss as over "
             "full logits; logs mean_token_accuracy, not entropy). auto: fused where Triton runs it, logits "
             "elsewhere (on a CPU TRL's tiles score every position and recompute the head in the backward pass, "
-            "which is slower: measured in docs/benchmarks.md).",
+            "which is slower; the cpu benchmark suite pairs full with full_fused to measure by how much).",
         },
     )
     stop_on_nan: bool = field(
