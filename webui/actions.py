@@ -76,6 +76,71 @@ def estimate(values: dict[str, Any], extra: str) -> str:
     return (done.stdout + done.stderr).strip()
 
 
+PARTS = ("weights", "gradients", "optimizer", "activations")
+
+
+def memory_estimates(values: dict[str, Any], extra: str) -> dict[str, Any]:
+    """``llmtune estimate`` of the form's run under every finetuning type, in this process (the model's
+    ``config.json`` only, no weights): ``{finetuning_type: MemoryEstimate}``. Raises one-line errors."""
+    import tempfile
+
+    import yaml
+
+    from llmtune.train.estimate import compare_methods, load_estimate_arguments, load_model_config
+
+    config = cmd.train_config(values, extra)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        yaml.safe_dump(config, handle)
+    try:
+        args = load_estimate_arguments([handle.name])
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+    return compare_methods(args, load_model_config(args))
+
+
+def memory_picture(values: dict[str, Any], extra: str, gpu_memory_gb: float | None) -> tuple[Any, str]:
+    """The memory picture: one stacked bar per finetuning type (weights, gradients, optimizer state,
+    activations, in GB), the chosen type marked, a line at the GPU's memory; and one line of text.
+    ``(None, message)`` when the form cannot be estimated."""
+    try:
+        found = memory_estimates(values, extra)
+    except (LlmtuneError, ValueError, OSError) as err:
+        return None, _error(err)
+    if not found:
+        return None, "**error:** no finetuning type could be estimated for this model"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = str(values.get("finetuning_type") or "lora")
+    names = list(found)
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    bottom = [0.0] * len(names)
+    for part in PARTS:
+        heights = [getattr(found[name], part) / 1e9 for name in names]
+        axis.bar(names, heights, bottom=bottom, label=part)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    if gpu_memory_gb:
+        axis.axhline(float(gpu_memory_gb), color="black", linestyle="--", linewidth=1)
+        axis.text(len(names) - 0.5, float(gpu_memory_gb), f" GPU {float(gpu_memory_gb):g} GB", va="bottom", ha="right")
+    for label in axis.get_xticklabels():
+        if label.get_text() == chosen:
+            label.set_fontweight("bold")
+    axis.set_ylabel("GB")
+    axis.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    plt.close(figure)
+    total = found[chosen].total / 1e9 if chosen in found else None
+    fits = (
+        ""
+        if total is None or not gpu_memory_gb
+        else (" (fits)" if total <= float(gpu_memory_gb) else " (does NOT fit)")
+    )
+    line = f"{chosen}: {total:.2f} GB{fits}" if total is not None else f"{chosen}: not estimated"
+    return figure, line
+
+
 def start_train(state: UiState, values: dict[str, Any], extra: str) -> str:
     """Validate, then launch ``llmtune train`` detached; returns a message."""
     busy = state.busy()

@@ -39,6 +39,17 @@ GROUP_TITLES = {
 }
 OPEN_GROUPS = ("ModelArguments", "DataArguments", "FinetuningArguments", "TrainingArguments")
 PER_ROW = 3
+# The settings the memory picture depends on: it is redrawn when one of them changes.
+MEMORY_KEYS = (
+    "model_name_or_path",
+    "finetuning_type",
+    "per_device_train_batch_size",
+    "cutoff_len",
+    "bf16",
+    "fp16",
+    "quantization_bit",
+    "gradient_checkpointing",
+)
 REFRESH_S = 1.0
 
 
@@ -113,6 +124,18 @@ def _train_form(start: dict[str, Any]) -> SimpleNamespace:
     return ui
 
 
+def _gpu_memory_gb() -> float:
+    """This machine's GPU memory in GB, else 24 (a common card; the user types theirs)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1)
+    except Exception:  # noqa: BLE001 - no torch or no CUDA: the default
+        pass
+    return 24.0
+
+
 def _train_panel() -> SimpleNamespace:
     """The Train tab's right column: the buttons, the command and YAML, and the run being watched."""
     ui = SimpleNamespace()
@@ -129,6 +152,10 @@ def _train_panel() -> SimpleNamespace:
         ui.save_path = gr.Textbox(value="saves/webui/config.yaml", label="Save config as", elem_id="save-path")
         ui.save = gr.Button("Save config", elem_id="save")
     ui.estimate_out = gr.Textbox(label="Memory estimate (llmtune estimate)", lines=6, elem_id="estimate-out")
+    with gr.Row():
+        ui.gpu_memory = gr.Number(value=_gpu_memory_gb(), label="GPU memory (GB)", elem_id="gpu-memory")
+        ui.memory_line = gr.Markdown(elem_id="memory-line")
+    ui.memory_plot = gr.Plot(label="What fits: every finetuning type for this run", elem_id="memory-plot")
     gr.Markdown("## Runs")
     ui.run_pick = gr.Dropdown(_run_choices(), label="Run", elem_id="run-pick")
     ui.status = gr.Markdown("no run yet", elem_id="run-status")
@@ -191,6 +218,10 @@ def create_app() -> gr.Blocks:
 
         def on_estimate(*raw):
             return actions.estimate(*values_of(raw))
+
+        def on_memory(*raw):
+            values, extra_text = values_of(raw[:-1])
+            return actions.memory_picture(values, extra_text, raw[-1])
 
         def on_save(*raw):
             values, extra_text = values_of(raw[:-1])
@@ -255,6 +286,11 @@ def create_app() -> gr.Blocks:
         watched = [panel.status, panel.progress, panel.loss_plot, panel.log]
         panel.preview.click(on_preview, form, [panel.command, panel.yaml, panel.message])
         panel.estimate.click(on_estimate, form, panel.estimate_out)
+        memory_out = [panel.memory_plot, panel.memory_line]
+        panel.estimate.click(on_memory, [*form, panel.gpu_memory], memory_out)
+        for key in MEMORY_KEYS:  # the picture follows the settings it depends on
+            components[keys.index(key)].change(on_memory, [*form, panel.gpu_memory], memory_out)
+        panel.gpu_memory.change(on_memory, [*form, panel.gpu_memory], memory_out)
         panel.save.click(on_save, [*form, panel.save_path], panel.message)
         panel.start.click(on_start, form, [panel.message, panel.run_pick])
         panel.abort.click(on_abort, panel.run_pick, panel.message)

@@ -178,3 +178,38 @@ def test_preview_shows_one_line_errors_not_tracebacks():
     assert (
         command.startswith("llmtune train --model_name_or_path=llmtune/tiny-llama") and "finetuning_type: lora" in text
     )
+
+
+def test_the_memory_picture_is_the_estimate_of_every_type_for_the_forms_run():
+    from llmtune.train.estimate import estimate_memory, load_estimate_arguments
+
+    values = {**start_values(), "finetuning_type": "block", "per_device_train_batch_size": "4", "cutoff_len": "128"}
+    figure, line = actions.memory_picture(values, "", 24)
+    found = actions.memory_estimates(values, "")
+    assert set(found) == set(method_groups())  # one bar per registered finetuning type
+    axis = figure.axes[0]
+    assert [t.get_text() for t in axis.get_xticklabels()] == list(found)
+    assert [t.get_text() for t in axis.get_xticklabels() if t.get_fontweight() == "bold"] == ["block"]
+    # each bar's stack is the estimate's weights, gradients, optimizer state and activations, in GB
+    stacks = [patch.get_height() for patch in axis.patches]
+    parts = len(actions.PARTS)
+    for i, name in enumerate(found):
+        heights = stacks[i :: len(found)][:parts]
+        assert sum(heights) == pytest.approx(found[name].total / 1e9)
+    # ... the same numbers llmtune estimate gives for the run
+    path = yaml.safe_dump(train_config(values))
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "run.yaml"
+        config.write_text(path)
+        own = estimate_memory(load_estimate_arguments([str(config)]))
+    assert found["block"].total == own.total
+    assert line == f"block: {own.total / 1e9:.2f} GB (fits)"
+    assert any(line_.get_ydata()[0] == 24 for line_ in axis.get_lines())  # the GPU's memory
+
+
+def test_the_memory_picture_says_what_is_wrong_in_one_line():
+    figure, line = actions.memory_picture({**start_values(), "model_name_or_path": "/no/such/model"}, "", 24)
+    assert figure is None and line.startswith("**error:**") and "\n" not in line
