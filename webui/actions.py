@@ -128,7 +128,7 @@ def memory_picture(values: dict[str, Any], extra: str, gpu_memory_gb: float | No
         if label.get_text() == chosen:
             label.set_fontweight("bold")
     axis.set_ylabel("GB")
-    axis.legend(fontsize=8, loc="upper left")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     plt.close(figure)
     total = found[chosen].total / 1e9 if chosen in found else None

@@ -143,3 +143,30 @@ def test_start_close_reopen_abort_in_a_browser(ui):
     checkpoints = sorted(out.glob("checkpoint-*"))
     assert checkpoints and (checkpoints[-1] / "llmtune_complete.json").is_file()
     assert (artifacts / "webui_reopened_page.png").stat().st_size > 10_000
+
+
+def test_the_memory_picture_follows_the_method_in_a_browser(ui):
+    """Issue #21 §2: the stacked bars of every finetuning type, redrawn when the method changes."""
+    from playwright.sync_api import sync_playwright
+
+    url, workdir = ui
+    artifacts = Path(os.environ.get("LLMTUNE_TEST_ARTIFACTS") or workdir / "artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        page.goto(url)
+        page.wait_for_selector("#estimate")
+        fill(page, "model_name_or_path", "llmtune/tiny-llama")
+        page.click("#estimate")
+        page.wait_for_function("document.querySelector('#memory-line').innerText.includes('lora: ')", timeout=60_000)
+        assert page.locator("#memory-plot").locator("img, svg, canvas").count() > 0
+        box = page.locator("#f-finetuning_type").locator("input").first
+        box.click()
+        box.fill("block")
+        box.press("Enter")
+        page.wait_for_function("document.querySelector('#memory-line').innerText.includes('block: ')", timeout=60_000)
+        assert re.search(r"block: [\d.]+ GB \(fits\)", page.locator("#memory-line").inner_text())
+        page.locator("#memory-plot").screenshot(path=str(artifacts / "webui_memory_picture.png"))
+        browser.close()
+    assert (artifacts / "webui_memory_picture.png").stat().st_size > 5_000
