@@ -141,6 +141,41 @@ def memory_picture(values: dict[str, Any], extra: str, gpu_memory_gb: float | No
     return figure, line
 
 
+EXPORT_TIMEOUT_S = 3600
+
+
+def export_run(run_dir: str, export_dir: str, export_dtype: str) -> str:
+    """``llmtune export`` of a LoRA run: its adapter merged into the base its ``training_args.yaml`` names,
+    written to ``export_dir`` (new or empty). Returns the folder, or one line saying what is wrong."""
+    import yaml
+
+    try:
+        run = Path(cmd.check_value("run folder", (run_dir or "").strip())).expanduser()
+        saved = run / "training_args.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"run folder: '{run}' has no training_args.yaml (not a finished llmtune train run)")
+        base = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model_name_or_path")
+        if not base:
+            raise ConfigError(f"run folder: '{saved}' names no model_name_or_path")
+        config = {
+            "model_name_or_path": str(base),
+            "adapter_name_or_path": str(run),
+            "export_dir": cmd.check_value("export_dir", (export_dir or "").strip()),
+            "export_dtype": export_dtype,
+        }
+        argv = cmd.launch_argv(cmd.argv_for("export", config))
+    except (LlmtuneError, ValueError, OSError) as err:
+        return _error(err)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)  # noqa: S603
+    except subprocess.TimeoutExpired:
+        return f"**error:** llmtune export took over {EXPORT_TIMEOUT_S} s"
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
+        return _error(lines[-1].removeprefix("llmtune: error: ") if lines else f"exit status {done.returncode}")
+    return f"merged into `{Path(config['export_dir']).resolve()}` (a plain Hugging Face model folder)"
+
+
 def start_train(state: UiState, values: dict[str, Any], extra: str) -> str:
     """Validate, then launch ``llmtune train`` detached; returns a message."""
     busy = state.busy()

@@ -207,6 +207,16 @@ def create_app() -> gr.Blocks:
                     panel = _train_panel()
         with gr.Tab("Evaluate"):
             ev = _eval_tab(start["output_dir"])
+        with gr.Tab("Export"):
+            gr.Markdown("Merge a LoRA run's adapter into its base model (`llmtune export`).")
+            with gr.Row():
+                export_run = gr.Textbox(value=start["output_dir"], label="Run folder", elem_id="export-run")
+                export_dir = gr.Textbox(value=start["output_dir"] + "-merged", label="Export to", elem_id="export-dir")
+                export_dtype = gr.Dropdown(
+                    ["bf16", "fp16", "fp32"], value="fp32", label="dtype", elem_id="export-dtype"
+                )
+            export_button = gr.Button("Export", variant="primary", elem_id="export")
+            export_message = gr.Markdown(elem_id="export-message")
         components, accordions, extra = form_ui.components, form_ui.accordions, form_ui.extra
 
         # ---- wiring
@@ -292,6 +302,7 @@ def create_app() -> gr.Blocks:
             components[keys.index(key)].change(on_memory, [*form, panel.gpu_memory], memory_out)
         panel.gpu_memory.change(on_memory, [*form, panel.gpu_memory], memory_out)
         panel.save.click(on_save, [*form, panel.save_path], panel.message)
+        export_button.click(actions.export_run, [export_run, export_dir, export_dtype], export_message)
         panel.start.click(on_start, form, [panel.message, panel.run_pick])
         panel.abort.click(on_abort, panel.run_pick, panel.message)
         form_ui.load_preset.click(on_preset, form_ui.preset, [*components, extra])

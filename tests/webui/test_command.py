@@ -213,3 +213,28 @@ def test_the_memory_picture_is_the_estimate_of_every_type_for_the_forms_run():
 def test_the_memory_picture_says_what_is_wrong_in_one_line():
     figure, line = actions.memory_picture({**start_values(), "model_name_or_path": "/no/such/model"}, "", 24)
     assert figure is None and line.startswith("**error:**") and "\n" not in line
+
+
+def test_the_export_tab_merges_a_lora_run_into_its_base(tmp_path, make_config):
+    import torch
+
+    from llmtune.hparams import ModelArguments
+    from llmtune.model import load_model
+    from llmtune.train.run import run_sft
+
+    run = tmp_path / "run"
+    run_sft(parse_args(make_config(run, "lora", max_steps=2, learning_rate=5e-2)))
+    message = actions.export_run(str(run), str(tmp_path / "merged"), "fp32")
+    assert message.startswith("merged into") and str((tmp_path / "merged").resolve()) in message
+    from peft import PeftModel
+
+    ids = torch.randint(5, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        merged = load_model(ModelArguments(model_name_or_path=str(tmp_path / "merged")), for_training=False)
+        base = load_model(ModelArguments(model_name_or_path="llmtune/tiny-llama"), for_training=False)
+        adapted = PeftModel.from_pretrained(base, str(run)).eval()
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, rtol=0, atol=1e-4)
+    # the same folder again: export never overwrites, and says so in one line
+    again = actions.export_run(str(run), str(tmp_path / "merged"), "fp32")
+    assert again.startswith("**error:**") and "not empty" in again and "\n" not in again
+    assert actions.export_run(str(tmp_path), str(tmp_path / "m2"), "fp32").startswith("**error:** run folder:")
