@@ -141,6 +141,63 @@ def memory_picture(values: dict[str, Any], extra: str, gpu_memory_gb: float | No
     return figure, line
 
 
+class ChatSession:
+    """The Chat tab's model, loaded in the UI's own process as ``llmtune chat`` loads it (its adapter
+    applied, its chat template), answering with the same greedy generation, streamed."""
+
+    def __init__(self) -> None:
+        self.loaded: tuple | None = None
+
+    def load(self, model_path: str, adapter_path: str = "", max_new_tokens: float = 256) -> str:
+        """Load a base model, a saved run or a base with an adapter; a line that says which, or what is wrong."""
+        from llmtune.chat import load_chat_model, load_chat_options
+        from llmtune.eval.model import stop_token_ids
+
+        try:
+            tokens = ["--model_name_or_path", cmd.check_value("model", (model_path or "").strip())]
+            if (adapter_path or "").strip():
+                tokens += ["--adapter_name_or_path", cmd.check_value("adapter", adapter_path.strip())]
+            tokens += ["--max_new_tokens", str(int(max_new_tokens or 256))]
+            options = load_chat_options(tokens)
+            model, tokenizer, template = load_chat_model(options)
+        except (LlmtuneError, ValueError, OSError) as err:
+            self.loaded = None
+            return _error(err)
+        self.loaded = (options, model, tokenizer, template, stop_token_ids(model, tokenizer, template))
+        adapter = f" with adapter {options.model.adapter_name_or_path}" if options.model.adapter_name_or_path else ""
+        return f"loaded {options.model.model_name_or_path}{adapter} (template {template.name})"
+
+    def stream(self, message: str, history: list[dict]):
+        """Yield the conversation with the answer to ``message`` growing as it is generated."""
+        import threading
+
+        from transformers import TextIteratorStreamer
+
+        from llmtune.chat import prompt_ids
+        from llmtune.eval.model import generate
+
+        history = [{"role": h["role"], "content": str(h["content"])} for h in history or []]
+        history.append({"role": "user", "content": message})
+        if self.loaded is None:
+            yield [*history, {"role": "assistant", "content": "(load a model first)"}]
+            return
+        options, model, tokenizer, template, stops = self.loaded
+        ids = prompt_ids(template, tokenizer, history, options.system)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        worker = threading.Thread(
+            target=generate,
+            args=(model, tokenizer, [ids], options.max_new_tokens, stops, options.temperature),
+            kwargs={"streamer": streamer},
+        )
+        worker.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield [*history, {"role": "assistant", "content": text}]
+        worker.join()
+        yield [*history, {"role": "assistant", "content": text.strip()}]
+
+
 EXPORT_TIMEOUT_S = 3600
 
 

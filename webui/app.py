@@ -207,6 +207,17 @@ def create_app() -> gr.Blocks:
                     panel = _train_panel()
         with gr.Tab("Evaluate"):
             ev = _eval_tab(start["output_dir"])
+        with gr.Tab("Chat"):
+            chat = actions.ChatSession()
+            with gr.Row():
+                chat_model = gr.Textbox(value="llmtune/tiny-llama", label="Model or run folder", elem_id="chat-model")
+                chat_adapter = gr.Textbox(label="Adapter (optional)", elem_id="chat-adapter")
+                chat_tokens = gr.Number(value=256, label="max_new_tokens", elem_id="chat-tokens")
+                chat_load = gr.Button("Load", elem_id="chat-load")
+            chat_status = gr.Markdown(elem_id="chat-status")
+            chatbot = gr.Chatbot(elem_id="chatbot", height=360)
+            chat_input = gr.Textbox(label="Message", elem_id="chat-input")
+            chat_clear = gr.Button("Clear", elem_id="chat-clear")
         with gr.Tab("Export"):
             gr.Markdown("Merge a LoRA run's adapter into its base model (`llmtune export`).")
             with gr.Row():
@@ -303,6 +314,9 @@ def create_app() -> gr.Blocks:
         panel.gpu_memory.change(on_memory, [*form, panel.gpu_memory], memory_out)
         panel.save.click(on_save, [*form, panel.save_path], panel.message)
         export_button.click(actions.export_run, [export_run, export_dir, export_dtype], export_message)
+        chat_load.click(chat.load, [chat_model, chat_adapter, chat_tokens], chat_status)
+        chat_input.submit(chat.stream, [chat_input, chatbot], chatbot).then(lambda: "", None, chat_input)
+        chat_clear.click(lambda: [], None, chatbot)
         panel.start.click(on_start, form, [panel.message, panel.run_pick])
         panel.abort.click(on_abort, panel.run_pick, panel.message)
         form_ui.load_preset.click(on_preset, form_ui.preset, [*components, extra])

@@ -238,3 +238,26 @@ def test_the_export_tab_merges_a_lora_run_into_its_base(tmp_path, make_config):
     again = actions.export_run(str(run), str(tmp_path / "merged"), "fp32")
     assert again.startswith("**error:**") and "not empty" in again and "\n" not in again
     assert actions.export_run(str(tmp_path), str(tmp_path / "m2"), "fp32").startswith("**error:** run folder:")
+
+
+def test_the_chat_tab_streams_what_llmtune_chat_answers():
+    import io
+
+    from llmtune.chat import chat_loop, load_chat_model, load_chat_options
+
+    session = actions.ChatSession()
+    assert next(session.stream("hi", []))[-1]["content"] == "(load a model first)"
+    assert session.load("llmtune/tiny-llama", "", 12).startswith("loaded llmtune/tiny-llama")
+    steps = list(session.stream("Name three colours.", []))
+    assert len(steps) > 2  # the answer arrives in pieces
+    assert all(s[0] == {"role": "user", "content": "Name three colours."} for s in steps)
+    answer = steps[-1][-1]["content"]
+    # the terminal chat, same model and options, answers the same (greedy)
+    options = load_chat_options(["--model_name_or_path", "llmtune/tiny-llama", "--max_new_tokens", "12"])
+    model, tokenizer, template = load_chat_model(options)
+    history = chat_loop(model, tokenizer, template, options, ["Name three colours."], io.StringIO())
+    assert answer == history[-1]["content"]
+    # a second turn keeps the first
+    second = list(session.stream("And three more?", steps[-1]))[-1]
+    assert [m["role"] for m in second] == ["user", "assistant", "user", "assistant"]
+    assert session.load("/no/such/model").startswith("**error:**") and session.loaded is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -103,8 +103,10 @@ def generate(
     max_new_tokens: int,
     stop_ids: list[int],
     temperature: float = 0.0,
+    streamer: Any = None,
 ) -> list[str]:
-    """Continue each prompt (token ids), greedily at temperature 0, and decode the new tokens.
+    """Continue each prompt (token ids), greedily at temperature 0, and decode the new tokens
+    (``streamer``: a transformers streamer that also receives them as they come, for one prompt).
 
     The prompts are left-padded into one batch; each is cut from the left to leave room for the
     answer within the model's context.
@@ -128,6 +130,7 @@ def generate(
         max_new_tokens=max_new_tokens,
         pad_token_id=pad,
         eos_token_id=stop_ids,
+        streamer=streamer,
         **sampling,
     )
     return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
