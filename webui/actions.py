@@ -198,6 +198,54 @@ class ChatSession:
         yield [*history, {"role": "assistant", "content": text.strip()}]
 
 
+def compare_runs(folders: list[str]) -> tuple[Any, str]:
+    """Several runs side by side: their training loss against steps and against wall time on one figure,
+    and a table of each run's steps, last loss, last eval loss and evaluation results (``llmtune eval``)."""
+    from llmtune.train.plot import read_log
+
+    chosen = [Path(str(f)).expanduser() for f in folders or [] if str(f).strip()]
+    if len(chosen) < 2:
+        return None, "pick two runs or more"
+    logs = {}
+    for folder in chosen:
+        records = [r for r in read_log(folder) if "loss" in r and "current_steps" in r]
+        if not records:
+            return None, _error(f"run folder: '{folder}' has no training log (trainer_log.jsonl)")
+        logs[folder] = records
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_step, by_time) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for folder, records in logs.items():
+        steps = [r["current_steps"] for r in records]
+        losses = [r["loss"] for r in records]
+        by_step.plot(steps, losses, label=folder.name)
+        by_time.plot([r.get("elapsed_time", 0.0) for r in records], losses, label=folder.name)
+    by_step.set_xlabel("step")
+    by_time.set_xlabel("seconds")
+    by_step.set_ylabel("training loss")
+    by_step.legend(fontsize=8)
+    figure.tight_layout()
+    plt.close(figure)
+    results = {folder: runs.read_results(str(folder), 0.0) for folder in logs}
+    metrics = sorted({f"{row['task']}: {k}" for rows in results.values() for row in rows for k in row if k != "task"})
+    lines = ["| run | steps | last loss | last eval loss | " + " | ".join(metrics) + " |"]
+    lines.append("|---|---:|---:|---:|" + "---:|" * len(metrics))
+    for folder, records in logs.items():
+        evals = [r["eval_loss"] for r in read_log(folder) if "eval_loss" in r]
+        flat = {f"{row['task']}: {k}": v for row in results[folder] for k, v in row.items() if k != "task"}
+        cells = [f"{flat[m]:.4g}" if m in flat else "" for m in metrics]
+        last_eval = f"{evals[-1]:.4f}" if evals else ""
+        lines.append(
+            f"| {folder.name} | {records[-1]['current_steps']} | {records[-1]['loss']:.4f} | {last_eval} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return figure, "\n".join(lines)
+
+
 EXPORT_TIMEOUT_S = 3600
 
 

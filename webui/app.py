@@ -94,6 +94,11 @@ def _run_choices() -> list[tuple[str, str]]:
     return [(f"{r.id} · {r.kind} · {r.output_dir}", r.id) for r in runs.list_launches()]
 
 
+def _run_folders() -> list[str]:
+    """The output folders of the training runs this UI knows, newest first (the Compare tab's choices)."""
+    return list(dict.fromkeys(r.output_dir for r in runs.list_launches() if r.kind == "train"))
+
+
 def _newest(kind: str | None = None) -> str | None:
     """The run a fresh page shows: the newest one still going, else the newest one."""
     found = [r for r in runs.list_launches() if kind is None or r.kind == kind]
@@ -218,6 +223,13 @@ def create_app() -> gr.Blocks:
             chatbot = gr.Chatbot(elem_id="chatbot", height=360)
             chat_input = gr.Textbox(label="Message", elem_id="chat-input")
             chat_clear = gr.Button("Clear", elem_id="chat-clear")
+        with gr.Tab("Compare"):
+            compare_pick = gr.Dropdown(
+                _run_folders(), multiselect=True, allow_custom_value=True, label="Runs", elem_id="compare-pick"
+            )
+            compare_button = gr.Button("Compare", elem_id="compare")
+            compare_plot = gr.Plot(elem_id="compare-plot")
+            compare_table = gr.Markdown(elem_id="compare-table")
         with gr.Tab("Export"):
             gr.Markdown("Merge a LoRA run's adapter into its base model (`llmtune export`).")
             with gr.Row():
@@ -314,6 +326,7 @@ def create_app() -> gr.Blocks:
         panel.gpu_memory.change(on_memory, [*form, panel.gpu_memory], memory_out)
         panel.save.click(on_save, [*form, panel.save_path], panel.message)
         export_button.click(actions.export_run, [export_run, export_dir, export_dtype], export_message)
+        compare_button.click(actions.compare_runs, compare_pick, [compare_plot, compare_table])
         chat_load.click(chat.load, [chat_model, chat_adapter, chat_tokens], chat_status)
         chat_input.submit(chat.stream, [chat_input, chatbot], chatbot).then(lambda: "", None, chat_input)
         chat_clear.click(lambda: [], None, chatbot)

@@ -275,3 +275,26 @@ def test_the_chat_tab_streams_what_llmtune_chat_answers():
     assert [m["role"] for m in second] == ["user", "assistant", "user", "assistant"]
     assert seen == [prompt_ids(template, tokenizer, second[:3], None)]
     assert session.load("/no/such/model").startswith("**error:**") and session.loaded is None
+
+
+def test_the_compare_tab_draws_each_runs_losses_and_tabulates_them(tmp_path, make_config):
+    import json
+
+    from llmtune.train.run import run_sft
+
+    for name, lr in (("a", 1e-2), ("b", 1e-4)):
+        run_sft(parse_args(make_config(tmp_path / name, "lora", max_steps=3, learning_rate=lr)))
+    (tmp_path / "a" / "eval" / "demo_sst2").mkdir(parents=True)
+    (tmp_path / "a" / "eval" / "demo_sst2" / "results.json").write_text(json.dumps({"metrics": {"accuracy": 0.75}}))
+    figure, table = actions.compare_runs([str(tmp_path / "a"), str(tmp_path / "b")])
+    logs = {n: [json.loads(x) for x in (tmp_path / n / "trainer_log.jsonl").read_text().splitlines()] for n in "ab"}
+    by_step, by_time = figure.axes
+    for line, name in zip(by_step.get_lines(), "ab", strict=True):
+        losses = [r["loss"] for r in logs[name] if "loss" in r and "current_steps" in r]
+        assert list(line.get_ydata()) == losses and line.get_label() == name
+    assert [line.get_label() for line in by_time.get_lines()] == ["a", "b"]
+    rows = table.splitlines()
+    assert "demo_sst2: accuracy" in rows[0] and rows[2].startswith("| a | 3 |") and "0.75" in rows[2]
+    assert rows[3].startswith("| b | 3 |") and rows[3].endswith("|  |")  # b has no eval results
+    assert actions.compare_runs([str(tmp_path / "a")]) == (None, "pick two runs or more")
+    assert actions.compare_runs([str(tmp_path / "a"), str(tmp_path)])[1].startswith("**error:** run folder:")
