@@ -104,6 +104,9 @@ def test_rows_and_baselines_see_the_same_first_batch(smoke_results):
         ("full", "trl_full"),
         ("full_fused", "trl_full"),
         ("lora", "trl_lora"),
+        ("lora_fused", "trl_lora"),
+        ("block_fused", "badam_block"),
+        ("sparse_fused", "badam_ratio"),
         ("block", "badam_block"),
         ("sparse", "badam_ratio"),
     ):
@@ -123,8 +126,10 @@ def test_report_has_a_row_and_a_target_line_per_configuration(smoke_results, tmp
     text = write_report(out).read_text()
     for name in results:
         assert f"| {name} |" in text
-    assert "llmtune / TRL step time (`full` / `trl_full`)" in text
+    assert "llmtune / TRL step time, both on TRL's fused LM head (`full_fused` / `trl_full`)" in text
+    assert "block / badam package step time, same loss path (`block_fused` / `badam_block`)" in text
     assert "zo peak / inference peak" in text
+    assert "(`full` / `trl_full`)" not in text  # two loss paths: not a target
 
 
 def test_filled_rows_make_every_batch_cutoff_len_tokens(tmp_path):
