@@ -108,3 +108,19 @@ def test_the_block_pages_llama3_8b_sentences_are_the_estimators(llama3_8b_config
     full = estimate_memory(args, llama3_8b_config, finetuning_type="full")
     assert f"{block.trainable / 1e9:.2f}B of its {block.parameters / 1e9:.2f}B parameters train" in page
     assert f"The same runs as `full` (fp32 weights and AdamW): {format_bytes(full.total)}" in page
+
+
+def test_the_readmes_fidelity_numbers_are_the_pages():
+    from benchmarks import fidelity_report
+
+    table = fidelity_report.summarise(fidelity_report.read(ROOT / "docs" / "fidelity" / "results.jsonl"))
+    text = " ".join(README.split())
+
+    def pct(row: str) -> str:
+        return f"{100 * table[row]['test'][0]:.1f}%"
+
+    memory = table["block"]["peak"] / table["full"]["peak"]
+    assert (
+        f"full {pct('full')}, LoRA {pct('lora')}, BAdam (`block`) {pct('block')} at {memory:.2f}x full's peak memory, "
+        f"LoRETTA {pct('loretta_adp')}, against {pct('zero_shot')} zero-shot and {pct('icl')} in-context"
+    ) in text
