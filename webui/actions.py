@@ -351,8 +351,33 @@ def status_markdown(record: runs.Launch | None, view: runs.RunView | None) -> st
     return text
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
+
+
 def progress_html(view: runs.RunView | None) -> str:
+    """The bar, with elapsed and remaining time, tokens per second, the last loss and the process's memory."""
     if view is None or not view.total_steps:
         return ""
     pct = 100.0 * view.step / view.total_steps
-    return f'<progress value="{view.step}" max="{view.total_steps}" style="width:100%"></progress> {pct:.0f}%'
+    parts = [f"{pct:.0f}%"]
+    last = view.last or {}
+    if isinstance(last.get("elapsed_time"), int | float):
+        remaining = last.get("remaining_time")
+        left = f", {_duration(remaining)} left" if isinstance(remaining, int | float) else ""
+        parts.append(f"{_duration(last['elapsed_time'])} elapsed{left}")
+    if isinstance(last.get("tokens_per_second"), int | float):
+        parts.append(f"{last['tokens_per_second']:,.0f} tokens/s")
+    if view.losses:
+        parts.append(f"loss {view.losses[-1][1]:.4f}")
+    if isinstance(last.get("memory_bytes"), int | float):
+        parts.append(f"{last['memory_bytes'] / 1e9:.2f} GB")
+    return (
+        f'<progress value="{view.step}" max="{view.total_steps}" style="width:100%"></progress> '
+        f'<span id="progress-text">{" · ".join(parts)}</span>'
+    )

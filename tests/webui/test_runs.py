@@ -137,3 +137,23 @@ def test_one_run_at_a_time_per_ui(tmp_path):
         assert len(runs.list_launches()) == 1
     finally:
         os.kill(state.current.pid, 9)
+
+
+def test_the_progress_line_says_time_speed_loss_and_memory_from_the_runs_log(tmp_path, make_config):
+    import json
+
+    from llmtune.hparams import parse_args
+    from llmtune.train.run import run_sft
+    from webui import actions
+    from webui.runs import RunView
+
+    run_sft(parse_args(make_config(tmp_path / "run", "lora", max_steps=3)))
+    records = [json.loads(line) for line in (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert all(r["tokens_per_second"] > 0 and r["memory_bytes"] > 10**8 and r["elapsed_time"] > 0 for r in steps)
+    last = steps[-1]
+    view = RunView("running", [], 3, 6, [(r["current_steps"], r["loss"]) for r in steps], [], [], last)
+    text = actions.progress_html(view)
+    assert 'value="3" max="6"' in text and "50%" in text
+    assert f"{last['tokens_per_second']:,.0f} tokens/s" in text and f"loss {last['loss']:.4f}" in text
+    assert f"{last['memory_bytes'] / 1e9:.2f} GB" in text and "elapsed" in text

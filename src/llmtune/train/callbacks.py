@@ -24,7 +24,9 @@ class JsonlLogCallback(TrainerCallback):
     """Append every logged metric to ``output_dir/trainer_log.jsonl`` (LLaMA-Factory's field names).
 
     One JSON object a line: ``current_steps``, ``total_steps``, ``loss``/``eval_loss``, ``lr``,
-    ``epoch``, ``percentage``, ``elapsed_time``, ``remaining_time`` (seconds). The web UI and the
+    ``epoch``, ``percentage``, ``elapsed_time``, ``remaining_time`` (seconds), ``tokens_per_second``
+    (the tokens TRL counted since training began, over the elapsed time) and ``memory_bytes`` (the
+    process's peak: CUDA memory allocated on a GPU, else its resident set). The web UI and the
     loss plot read this file; a resumed run appends to it.
     """
 
@@ -32,10 +34,12 @@ class JsonlLogCallback(TrainerCallback):
         self.path = Path(output_dir) / LOG_FILE
         self.start = time.time()
         self.start_step = 0
+        self.start_tokens: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
         self.start_step = state.global_step
+        self.start_tokens = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -55,9 +59,27 @@ class JsonlLogCallback(TrainerCallback):
         }
         if "train_runtime" in logs:
             record["train_runtime"] = logs["train_runtime"]
+        tokens = logs.get("num_tokens")  # TRL's running count of the tokens trained on
+        if isinstance(tokens, int | float):
+            if self.start_tokens is None:  # the first log: tokens before it were seen in ``elapsed`` too
+                self.start_tokens = 0.0 if self.start_step == 0 else float(tokens)
+            if elapsed > 0:
+                record["tokens_per_second"] = round((float(tokens) - self.start_tokens) / elapsed, 1)
+        record["memory_bytes"] = _peak_memory_bytes()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def _peak_memory_bytes() -> int:
+    """The process's peak memory so far: CUDA memory allocated on a GPU, else the resident set."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kilobytes on Linux
 
 
 class GracefulStop(TrainerCallback):
