@@ -68,12 +68,12 @@ def load(out: Path) -> tuple[dict, list[dict]]:
 
 
 def busy(row: dict) -> bool:
-    """Whether the run shared the machine: its 1-minute load average before or after exceeded the CPUs
-    (runs recorded without their load are taken as they are)."""
+    """Whether the run shared the machine: its 1-minute load average before or after exceeded
+    :data:`BUSY_LOAD` times the CPUs (runs recorded without their load are taken as they are)."""
     load, cpus = row.get("load_average"), row.get("cpus")
     if load is None or not cpus:
         return False
-    return max(load if isinstance(load, list) else [load]) > cpus
+    return max(load if isinstance(load, list) else [load]) > BUSY_LOAD * cpus
 
 
 def runs_of(rows: list[dict]) -> dict[str, dict[int, dict]]:
@@ -173,6 +173,9 @@ def task_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+# A run's own threads (and, back to back, the previous run's) keep the 1-minute load near the CPU count;
+# above one and a half times it, other work ran beside.
+BUSY_LOAD = 1.5
 TIME_METRICS = ("step_seconds", "mean_step_seconds", "tokens_per_second")
 
 

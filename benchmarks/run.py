@@ -188,7 +188,7 @@ def run_one(
     """Run one configuration in a fresh process; the measurements, or ``error`` saying why there are none.
 
     The record carries the 1-minute load average before and after the run and the CPU count: a run
-    whose load exceeded the CPUs shared the machine with other work (the report leaves it out of ratios).
+    whose load exceeded 1.5 times the CPUs shared the machine with other work (the report leaves it out of ratios).
     """
     bf16 = suite["bf16"] if bf16 is None else bf16
     record = {"config": name, "model": model, "cutoff_len": length, "batch": suite["batch"], "repeat": repeat}
