@@ -124,3 +124,14 @@ def test_the_readmes_fidelity_numbers_are_the_pages():
         f"full {pct('full')}, LoRA {pct('lora')}, BAdam (`block`) {pct('block')} at {memory:.2f}x full's peak memory, "
         f"LoRETTA {pct('loretta_adp')}, against {pct('zero_shot')} zero-shot and {pct('icl')} in-context"
     ) in text
+
+
+def test_the_block_pass_section_is_its_results_files():
+    rows = [json.loads(line) for line in (ROOT / "docs/benchmarks/block_pass/results.jsonl").read_text().splitlines()]
+    for line in report.group_table(rows) + report.target_lines(rows):
+        assert line in PAGE, line
+    ratios, pairs = report.target_ratios(rows, "block_pass", "full", "mean_step_seconds")
+    import statistics
+
+    assert pairs == 3 and f"**{statistics.median(ratios):.2f}x**" in PAGE
+    assert f"{ratios[0]:.2f}x to {ratios[-1]:.2f}x" in PAGE
