@@ -304,6 +304,25 @@ def _check_task(task: Task, where: str) -> None:
         raise DataError(f"{where}: 'file_name' and 'splits' map a split (train, eval) to a file or hub split")
 
 
+def named_tasks_of_kind(data_args: Any, kind: str, refusal: str) -> tuple[dict[str, Task], list[str], list[str]]:
+    """``(tasks, train names, eval names)`` of ``dataset``/``eval_dataset`` when every name is a task of ``kind``
+    (``choice`` or ``generation``); else one ``ConfigError`` line: ``refusal`` formatted with ``name``,
+    ``what`` (what the name is instead) and ``allowed`` (the tasks of that kind)."""
+    from llmtune.data.registry import load_registry, resolve_dataset_dir, split_names
+    from llmtune.errors import ConfigError
+
+    dataset_dir = resolve_dataset_dir(data_args.dataset_dir)
+    train_names, eval_names = split_names(data_args.dataset), split_names(data_args.eval_dataset)
+    tasks = tasks_among(train_names + eval_names, load_registry(dataset_dir), dataset_dir)
+    for name in train_names + eval_names:
+        task = tasks.get(name)
+        if task is None or task.kind != kind:
+            what = "a dataset_info.json dataset" if task is None else f"a {task.kind} task"
+            allowed = ", ".join(sorted(n for n, t in load_tasks(dataset_dir).items() if t.kind == kind))
+            raise ConfigError(refusal.format(name=name, what=what, allowed=allowed))
+    return tasks, train_names, eval_names
+
+
 def tasks_among(names: list[str], registry: dict, dataset_dir: str | Path) -> dict[str, Task]:
     """The names in ``names`` that are tasks rather than ``dataset_info.json`` entries (the registry wins).
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from llmtune.errors import ConfigError, DataError
+from llmtune.errors import DataError
 from llmtune.model.head import logits_at
 
 if TYPE_CHECKING:
@@ -206,25 +206,17 @@ def get_classification_dataset(
     """
     from llmtune.data.kshot import k_shot_splits
     from llmtune.data.loader import check_data_options, eval_size
-    from llmtune.data.registry import load_registry, resolve_dataset_dir, split_names
     from llmtune.data.report import DataReport
     from llmtune.data.task_encoding import encode_choice
-    from llmtune.data.tasks import load_task_examples, tasks_among
+    from llmtune.data.tasks import load_task_examples, named_tasks_of_kind
 
     check_data_options(data_args)
-    dataset_dir = resolve_dataset_dir(data_args.dataset_dir)
-    registry = load_registry(dataset_dir)
-    train_names, eval_names = split_names(data_args.dataset), split_names(data_args.eval_dataset)
-    tasks = tasks_among(train_names + eval_names, registry, dataset_dir)
-    for name in train_names + eval_names:
-        task = tasks.get(name)
-        if task is None or task.kind != "choice":
-            what = "a dataset_info.json dataset" if task is None else f"a {task.kind} task"
-            choice = ", ".join(sorted(n for n, t in _all_tasks(dataset_dir).items() if t.kind == "choice"))
-            raise ConfigError(
-                f"train_as_classification: '{name}' is {what}; it needs choice tasks with options ({choice}); "
-                "set train_as_classification: false to train it as SFT"
-            )
+    tasks, train_names, eval_names = named_tasks_of_kind(
+        data_args,
+        "choice",
+        "train_as_classification: '{name}' is {what}; it needs choice tasks with options ({allowed}); "
+        "set train_as_classification: false to train it as SFT",
+    )
     report = DataReport(cutoff_len=data_args.cutoff_len)
     splits: dict[str, list[dict]] = {"train": [], "eval": []}
     k_shot_dev = bool(data_args.k_shot) and not eval_names
@@ -271,9 +263,3 @@ def classification_trainer_kwargs(training_args: Any, tokenizer: PreTrainedToken
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     return {"data_collator": ClassificationCollator(pad_token_id=tokenizer.pad_token_id)}
-
-
-def _all_tasks(dataset_dir):
-    from llmtune.data.tasks import load_tasks
-
-    return load_tasks(dataset_dir)

@@ -80,24 +80,17 @@ def get_answer_dataset(data_args: Any, tokenizer: Any) -> AnswerData:
     import datasets
 
     from llmtune.data.loader import check_data_options
-    from llmtune.data.registry import load_registry, resolve_dataset_dir, split_names
     from llmtune.data.report import DataReport
     from llmtune.data.task_encoding import encode_generation_prompt
-    from llmtune.data.tasks import load_task_examples, load_tasks, tasks_among
+    from llmtune.data.tasks import load_task_examples, named_tasks_of_kind
 
     check_data_options(data_args)
-    dataset_dir = resolve_dataset_dir(data_args.dataset_dir)
-    train_names, eval_names = split_names(data_args.dataset), split_names(data_args.eval_dataset)
-    tasks = tasks_among(train_names + eval_names, load_registry(dataset_dir), dataset_dir)
-    for name in train_names + eval_names:
-        task = tasks.get(name)
-        if task is None or task.kind != "generation":
-            what = "a dataset_info.json dataset" if task is None else f"a {task.kind} task"
-            allowed = ", ".join(sorted(n for n, t in load_tasks(dataset_dir).items() if t.kind == "generation"))
-            raise ConfigError(
-                f"zo_objective: f1: '{name}' is {what}; it needs question-answering tasks with gold answers "
-                f"({allowed}); use zo_objective: loss to train it as SFT"
-            )
+    tasks, train_names, eval_names = named_tasks_of_kind(
+        data_args,
+        "generation",
+        "zo_objective: f1: '{name}' is {what}; it needs question-answering tasks with gold answers ({allowed}); "
+        "use zo_objective: loss to train it as SFT",
+    )
     report = DataReport(cutoff_len=data_args.cutoff_len)
     splits: dict[str, list[dict]] = {"train": [], "eval": []}
     for split, names in (("train", train_names), ("eval", eval_names)):
