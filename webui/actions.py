@@ -82,19 +82,9 @@ PARTS = ("weights", "gradients", "optimizer", "activations")
 def memory_estimates(values: dict[str, Any], extra: str) -> dict[str, Any]:
     """``llmtune estimate`` of the form's run under every finetuning type, in this process (the model's
     ``config.json`` only, no weights): ``{finetuning_type: MemoryEstimate}``. Raises one-line errors."""
-    import tempfile
-
-    import yaml
-
     from llmtune.train.estimate import compare_methods, load_estimate_arguments, load_model_config
 
-    config = cmd.train_config(values, extra)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        yaml.safe_dump(config, handle)
-    try:
-        args = load_estimate_arguments([handle.name])
-    finally:
-        Path(handle.name).unlink(missing_ok=True)
+    args = load_estimate_arguments(cmd.argv_for("estimate", cmd.train_config(values, extra))[2:])  # as the CLI
     return compare_methods(args, load_model_config(args))
 
 

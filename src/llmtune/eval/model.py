@@ -95,6 +95,18 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
+def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of the prompts padded on the left, so that every row ends where
+    the model continues it."""
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -116,12 +128,8 @@ def generate(
         keep = max(1, limit - max_new_tokens)
         prompts = [ids[-keep:] for ids in prompts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    width = max(len(ids) for ids in prompts)
-    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
+    input_ids, attention_mask = left_pad(prompts, pad)
+    width = input_ids.shape[1]
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     output = model.generate(

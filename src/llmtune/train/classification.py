@@ -260,6 +260,12 @@ def get_classification_dataset(
 def classification_trainer_kwargs(training_args: Any, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """What the trainer needs for classification batches: this module's collator, the per-example
     features kept as they are (no column removal, no SFT preparation)."""
+    keep_features(training_args)
+    return {"data_collator": ClassificationCollator(pad_token_id=tokenizer.pad_token_id)}
+
+
+def keep_features(training_args: Any) -> None:
+    """Hand the trainer per-example features as they are: no column removal, no SFT preparation (a
+    collator of the caller's makes the batches)."""
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-    return {"data_collator": ClassificationCollator(pad_token_id=tokenizer.pad_token_id)}

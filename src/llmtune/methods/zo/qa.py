@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from llmtune.errors import ConfigError, DataError
 from llmtune.methods.zo.objectives import GOLD_ANSWERS
 
@@ -41,13 +39,9 @@ class AnswerCollator:
     pad_token_id: int
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
-        width = max(len(f[PROMPT]) for f in features)
-        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f[PROMPT])
-            input_ids[row, width - n :] = torch.tensor(f[PROMPT], dtype=torch.long)
-            attention_mask[row, width - n :] = 1
+        from llmtune.eval.model import left_pad
+
+        input_ids, attention_mask = left_pad([f[PROMPT] for f in features], self.pad_token_id)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -65,9 +59,10 @@ def answer_data(args: Any, tokenizer: Any) -> tuple[AnswerData, dict[str, Any]] 
             "zo_objective: f1 trains on generated answers of QA tasks; train_as_classification scores options: "
             "set train_as_classification: false, or zo_objective: accuracy"
         )
+    from llmtune.train.classification import keep_features
+
     prepared = get_answer_dataset(args.data, tokenizer)
-    args.training.remove_unused_columns = False
-    args.training.dataset_kwargs = {**(args.training.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    keep_features(args.training)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return prepared, {"data_collator": AnswerCollator(pad_token_id=pad)}
 
