@@ -92,3 +92,50 @@ def test_bad_export_arguments_are_one_line_and_write_nothing(qlora_adapter, tmp_
 def test_a_folder_without_an_adapter_is_refused(tmp_path, capsys):
     code = main(["export", "--model_name_or_path", BASE, "--adapter_name_or_path", str(tmp_path), "--export_dir", "x"])
     assert code == 2 and "has no adapter_config.json" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def loretta_runs(tmp_path_factory):
+    """Two short LoRETTA runs on the tiny model: reparam (a tensor-train ΔW) and adapter (bottlenecks)."""
+    from llmtune.train.run import run_sft
+
+    runs = {}
+    for mode in ("reparam", "adapter"):
+        folder = tmp_path_factory.mktemp(f"loretta_{mode}")
+        config = {
+            "model_name_or_path": BASE, "finetuning_type": "loretta", "loretta_mode": mode, "loretta_rank": 4,
+            "loretta_bottleneck": 8, "dataset": "demo_alpaca", "max_samples": 16, "cutoff_len": 32,
+            "max_steps": 3, "learning_rate": 1e-2, "output_dir": str(folder), "report_to": "none",
+        }  # fmt: skip
+        run_sft(parse_args(config))
+        runs[mode] = folder
+    return runs
+
+
+def test_a_loretta_reparam_run_exports_and_computes_what_base_and_adapter_computed(loretta_runs, tmp_path):
+    """After ``import llmtune`` alone, PEFT loads the saved LoRETTA adapter; the exported model matches it."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = loretta_runs["reparam"]
+    out = tmp_path / "merged"
+    assert main(["export", "--model_name_or_path", BASE, "--adapter_name_or_path", str(run),
+                 "--export_dir", str(out), "--export_dtype", "fp32"]) == 0  # fmt: skip
+    ids = torch.randint(5, 200, (2, 12))
+    adapted = PeftModel.from_pretrained(load_model(parse_args({"model_name_or_path": BASE}, for_training=False).model,
+                                                   for_training=False), run).eval()  # fmt: skip
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        expected, got = adapted(input_ids=ids).logits, merged(input_ids=ids).logits
+        base = load_model(parse_args({"model_name_or_path": BASE}, for_training=False).model, for_training=False)
+        assert (base(input_ids=ids).logits - expected).abs().max() > 1e-3  # the adapter changed the model
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    assert not any("loretta" in name for name, _ in merged.named_modules())
+
+
+def test_loretta_bottleneck_adapters_are_refused_in_one_line(loretta_runs, tmp_path, capsys):
+    code = main(["export", "--model_name_or_path", BASE, "--adapter_name_or_path", str(loretta_runs["adapter"]),
+                 "--export_dir", str(tmp_path / "x")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot be merged" in err and "loretta_mode: reparam" in err and "\n" not in err
+    assert not (tmp_path / "x").exists()

@@ -76,7 +76,108 @@ def estimate(values: dict[str, Any], extra: str) -> str:
     return (done.stdout + done.stderr).strip()
 
 
+def starting_point(name: str, model: str) -> tuple[dict[str, Any], str]:
+    """The form for one of the two jobs (:data:`webui.fields.STARTING_POINTS`), with ``model`` kept, and
+    one line saying which data it picked: the wanted dataset when this machine has it or can download
+    it, else the shipped stand-in with what to do to get the real one."""
+    from webui import fields
+
+    point = fields.STARTING_POINTS[name]
+    values = {
+        **fields.start_values(),
+        **point.values,
+        "model_name_or_path": model or fields.START_VALUES["model_name_or_path"],
+    }
+    source = fields.hub_source(point.dataset)
+    dataset, message = point.dataset, f"{point.label}: `{point.dataset}`"
+    if source and not fields.hub_dataset_cached(source):
+        if fields.hub_reachable():
+            message += f" is downloaded from the Hugging Face Hub (`{source}`) on the first run, then cached"
+        else:
+            dataset = point.fallback
+            message = (
+                f"{point.label}: `{point.dataset}` must be downloaded once from the Hugging Face Hub (`{source}`), "
+                f"and this machine cannot reach it; the shipped `{point.fallback}` is selected instead"
+            )
+    if name == "classification":
+        others = [t for t in fields.choice_tasks() if t != dataset]
+        message += f". Other choice tasks: {', '.join(others)}"
+    values["dataset"] = dataset
+    short = str(values["model_name_or_path"]).rstrip("/").rsplit("/", 1)[-1]
+    values["output_dir"] = f"saves/webui/{short}/{name}"
+    return values, message
+
+
+PREVIEW_ROWS = 3
+
+
+def preview_data(values: dict[str, Any], extra: str, rows: int = PREVIEW_ROWS) -> str:
+    """HTML: the row counts of the chosen datasets or tasks and the first ``rows`` rows as the model sees
+    them: after the chat template (the trained tokens marked) for SFT, the prompt and its options (the
+    gold one marked) with ``train_as_classification``. One line when something is wrong."""
+    import html
+
+    try:
+        args, _ = cmd.validated_yaml(cmd.train_config(values, extra))
+        if args.finetuning.train_as_classification:
+            counts, shown = _choice_rows(args.data, rows)
+        else:
+            counts, shown = _sft_rows(args, rows)
+    except (LlmtuneError, ValueError, OSError) as err:
+        return f"<p><b>error:</b> {html.escape(str(err))}</p>"
+    head = " · ".join(f"<b>{html.escape(name)}</b>: {count:,} rows" for name, count in counts)
+    return f'<p id="data-counts">{head}</p>' + "".join(shown)
+
+
+def _choice_rows(data_args: Any, rows: int) -> tuple[list[tuple[str, int]], list[str]]:
+    import html
+
+    from llmtune.data.tasks import load_task_examples, named_tasks_of_kind
+
+    tasks, names, _ = named_tasks_of_kind(
+        data_args, "choice", "train_as_classification: '{name}' is {what}; it needs choice tasks ({allowed})"
+    )
+    counts, shown = [], []
+    for name in names:
+        examples, count = load_task_examples(tasks[name], "train", data_args.max_samples, data_args.skip_bad_rows)
+        counts.append((name, count.rows))
+        for example in examples[: max(0, rows - len(shown))]:
+            options = " | ".join(
+                f"<mark>{html.escape(o)}</mark>" if i == example.label else html.escape(o)
+                for i, o in enumerate(example.options)
+            )
+            shown.append(f'<pre class="data-row">{html.escape(example.prompt)}</pre><p>options: {options}</p>')
+    return counts, shown
+
+
+def _sft_rows(args: Any, rows: int) -> tuple[list[tuple[str, int]], list[str]]:
+    import html
+
+    from llmtune.data.loader import load_conversations
+    from llmtune.data.processor import build_example
+    from llmtune.data.templates import get_template
+    from llmtune.model.loader import load_tokenizer
+
+    loaded = load_conversations(args.data)
+    tokenizer = load_tokenizer(args.model)
+    template = get_template(args.data.template, tokenizer)
+    shown = []
+    for conversation in loaded.train[:rows]:
+        pairs = template.encode(tokenizer, conversation, args.data.default_system)
+        input_ids, labels = build_example(pairs, args.data.train_on_prompt, args.data.mask_history)
+        spans, start = [], 0  # runs of prompt (not trained) and trained tokens, in order
+        for end in range(1, len(input_ids) + 1):
+            if end == len(input_ids) or (labels[end] < 0) != (labels[start] < 0):
+                text = html.escape(tokenizer.decode(input_ids[start:end]))
+                spans.append(text if labels[start] < 0 else f"<mark>{text}</mark>")
+                start = end
+        cut = f" (cut at cutoff_len {args.data.cutoff_len})" if len(input_ids) > args.data.cutoff_len else ""
+        shown.append(f'<pre class="data-row">{"".join(spans)}</pre><p>{len(input_ids)} tokens{cut}</p>')
+    return [(c.name if c.split == "train" else f"{c.name} ({c.split})", c.rows) for c in loaded.report.datasets], shown
+
+
 PARTS = ("weights", "gradients", "optimizer", "activations")
+GPU_OFF_SCALE = 4  # the GPU line is left off the y-axis when it is this many times the tallest bar
 
 
 def memory_estimates(values: dict[str, Any], extra: str) -> dict[str, Any]:
@@ -112,8 +213,14 @@ def memory_picture(values: dict[str, Any], extra: str, gpu_memory_gb: float | No
         axis.bar(names, heights, bottom=bottom, label=part)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     if gpu_memory_gb:
-        axis.axhline(float(gpu_memory_gb), color="black", linestyle="--", linewidth=1)
-        axis.text(len(names) - 0.5, float(gpu_memory_gb), f" GPU {float(gpu_memory_gb):g} GB", va="bottom", ha="right")
+        gpu = float(gpu_memory_gb)
+        axis.axhline(gpu, color="black", linestyle="--", linewidth=1)
+        tallest = max(bottom)
+        if gpu > GPU_OFF_SCALE * tallest > 0:  # a small model under a big card: the bars stay readable
+            axis.set_ylim(0, tallest * 1.25)
+            axis.text(len(names) - 0.5, tallest * 1.2, f"GPU {gpu:g} GB: far above", va="top", ha="right")
+        else:
+            axis.text(len(names) - 0.5, gpu, f" GPU {gpu:g} GB", va="bottom", ha="right")
     for label in axis.get_xticklabels():
         if label.get_text() == chosen:
             label.set_fontweight("bold")
@@ -221,19 +328,14 @@ def compare_runs(folders: list[str]) -> tuple[Any, str]:
     plt.close(figure)
     results = {folder: runs.read_results(str(folder), 0.0) for folder in logs}
     metrics = sorted({f"{row['task']}: {k}" for rows in results.values() for row in rows for k in row if k != "task"})
-    lines = ["| run | steps | last loss | last eval loss | " + " | ".join(metrics) + " |"]
-    lines.append("|---|---:|---:|---:|" + "---:|" * len(metrics))
+    rows = [["run", "steps", "last loss", "last eval loss", *metrics], ["---", *["---:"] * (3 + len(metrics))]]
     for folder, records in logs.items():
         evals = [r["eval_loss"] for r in read_log(folder) if "eval_loss" in r]
         flat = {f"{row['task']}: {k}": v for row in results[folder] for k, v in row.items() if k != "task"}
         cells = [f"{flat[m]:.4g}" if m in flat else "" for m in metrics]
         last_eval = f"{evals[-1]:.4f}" if evals else ""
-        lines.append(
-            f"| {folder.name} | {records[-1]['current_steps']} | {records[-1]['loss']:.4f} | {last_eval} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return figure, "\n".join(lines)
+        rows.append([folder.name, str(records[-1]["current_steps"]), f"{records[-1]['loss']:.4f}", last_eval, *cells])
+    return figure, "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 EXPORT_TIMEOUT_S = 3600

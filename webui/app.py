@@ -8,7 +8,6 @@ browser or a restarted UI shows the same run.
 from __future__ import annotations
 
 import os
-from itertools import groupby
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,25 +18,23 @@ import pandas as pd  # noqa: E402
 
 from webui import actions, runs  # noqa: E402
 from webui.fields import (  # noqa: E402
+    STARTING_POINTS,
     Field,
     all_method_groups,
     dataset_names,
     eval_fields,
     method_groups,
+    method_summaries,
+    model_choices,
     preset_values,
     presets,
+    run_folders,
+    sections,
     start_values,
     task_names,
     train_fields,
 )
 
-GROUP_TITLES = {
-    "ModelArguments": "Model",
-    "DataArguments": "Data",
-    "FinetuningArguments": "Method",
-    "TrainingArguments": "Training",
-}
-OPEN_GROUPS = ("ModelArguments", "DataArguments", "FinetuningArguments", "TrainingArguments")
 PER_ROW = 3
 # The settings the memory picture depends on: it is redrawn when one of them changes.
 MEMORY_KEYS = (
@@ -53,19 +50,26 @@ MEMORY_KEYS = (
 REFRESH_S = 1.0
 
 
-def _component(f: Field, value: Any, datasets: list[str]) -> gr.components.Component:
-    """The widget for one field (a switch, a closed choice, or a text box showing the default)."""
-    label, info, elem = f.name, (f.help or None), f"f-{f.name}"
+def _component(f: Field, value: Any, datasets: list[str], scale: int | None = None) -> gr.components.Component:
+    """The widget for one field (a switch, a closed choice, a list with free text, or a text box)."""
+    info = None if f.name == "finetuning_type" else f.help or None  # the method line under it explains the choice
+    common = {"label": f.name, "info": info, "elem_id": f"f-{f.name}", "scale": scale}
     if f.kind == "bool":
-        return gr.Checkbox(value=bool(value), label=label, info=info, elem_id=elem)
+        return gr.Checkbox(value=bool(value), **common)
     if f.kind == "choice":
-        return gr.Dropdown(list(f.choices), value=value or f.default, label=label, info=info, elem_id=elem)
+        return gr.Dropdown(list(f.choices), value=value or f.default, **common)
     if f.name == "dataset":
         chosen = [v for v in str(value).split(",") if v]
-        return gr.Dropdown(
-            datasets, value=chosen, multiselect=True, allow_custom_value=True, label=label, info=info, elem_id=elem
-        )
-    return gr.Textbox(value=str(value), label=label, info=info, placeholder=f.default_text, elem_id=elem)
+        return gr.Dropdown(datasets, value=chosen, multiselect=True, allow_custom_value=True, **common)
+    if f.name in ("model_name_or_path", "adapter_name_or_path"):  # a list to pick from, or any text
+        listed = model_choices() if f.name == "model_name_or_path" else run_folders()["adapters"]
+        return gr.Dropdown(listed, value=str(value), allow_custom_value=True, **common)
+    return gr.Textbox(value=str(value), placeholder=f.default_text, **common)
+
+
+def _shown(f: Field, value: Any) -> Any:
+    """A form value as its widget holds it (the dataset box holds a list)."""
+    return [v for v in str(value or "").split(",") if v] if f.name == "dataset" else value
 
 
 def _form_values(keys: list[str], raw: tuple[Any, ...]) -> dict[str, Any]:
@@ -107,25 +111,59 @@ def _newest(kind: str | None = None) -> str | None:
     return chosen[0].id if chosen else None
 
 
+def _method_line(finetuning_type: str) -> str:
+    return f"**{finetuning_type}**: {method_summaries().get(finetuning_type, '')}"
+
+
+def _method_title(group: str) -> str:
+    users = [name for name, groups in method_groups().items() if groups and groups[0] == group]
+    return f"{group.removesuffix('Arguments')} options ({', '.join(users) or 'method'})"
+
+
 def _train_form(start: dict[str, Any]) -> SimpleNamespace:
-    """The Train tab's left column: presets, one accordion per option group, the other-keys box."""
+    """The Train tab's left column: the starting points, the keys people change, then every other key in
+    collapsed sections by concern (a method's options only for its finetuning types)."""
     datasets = dataset_names()
     method_set = set(all_method_groups())
-    ui = SimpleNamespace(components=[], accordions={})
+    by_name = {f.name: f for f in train_fields()}
+    made: dict[str, gr.components.Component] = {}
+    ui = SimpleNamespace(accordions={})
+
+    def put(*names: str, scales: tuple[int | None, ...] = ()) -> None:
+        for name, scale in zip(names, scales or (None,) * len(names), strict=True):
+            made[name] = _component(by_name[name], start[name], datasets, scale)
+
     with gr.Row():
-        ui.preset = gr.Dropdown(list(presets()), value=None, label="Preset (examples/)", elem_id="preset")
-        ui.load_preset = gr.Button("Load preset", elem_id="load-preset")
-    for group, members in groupby(train_fields(), key=lambda f: f.group):
-        members = list(members)
-        visible = group not in method_set or group in method_groups()[start["finetuning_type"]]
-        title = GROUP_TITLES.get(group, f"{group.removesuffix('Arguments')} options")
-        with gr.Accordion(title, open=group in OPEN_GROUPS or group in method_set, visible=visible) as acc:
+        ui.starts = {
+            name: gr.Button(point.label, size="sm", elem_id=f"start-{name}") for name, point in STARTING_POINTS.items()
+        }
+    ui.start_message = gr.Markdown(elem_id="start-message")
+    with gr.Row():
+        put("model_name_or_path", "adapter_name_or_path", "finetuning_type")
+    ui.method_line = gr.Markdown(_method_line(start["finetuning_type"]), elem_id="method-line")
+    with gr.Row():
+        put("dataset", "train_as_classification", scales=(3, 1))
+        ui.preview_data = gr.Button("Preview data", size="sm", scale=1, elem_id="preview-data")
+    ui.data_preview = gr.HTML(elem_id="data-preview", max_height=320)
+    with gr.Row():
+        put("learning_rate", "num_train_epochs", "max_steps")
+    with gr.Row():
+        put("per_device_train_batch_size", "cutoff_len", "output_dir")
+    for section, members in sections().items():
+        visible = section not in method_set or section in method_groups()[start["finetuning_type"]]
+        title = _method_title(section) if section in method_set else section
+        with gr.Accordion(title, open=False, visible=visible, elem_id=f"section-{section}") as acc:
             for i in range(0, len(members), PER_ROW):
                 with gr.Row():
-                    ui.components += [_component(f, start[f.name], datasets) for f in members[i : i + PER_ROW]]
-        if group in method_set:
-            ui.accordions[group] = acc
-    ui.extra = gr.Textbox(label="Other keys (YAML, one `key: value` a line)", lines=2, elem_id="extra")
+                    put(*[f.name for f in members[i : i + PER_ROW]])
+        if section in method_set:
+            ui.accordions[section] = acc
+    with gr.Accordion("Presets and other keys", open=False, elem_id="section-other"):
+        with gr.Row():
+            ui.preset = gr.Dropdown(list(presets()), value=None, label="Preset (examples/)", elem_id="preset")
+            ui.load_preset = gr.Button("Load preset", elem_id="load-preset")
+        ui.extra = gr.Textbox(label="Other keys (YAML, one `key: value` a line)", lines=2, elem_id="extra")
+    ui.components = [made[f.name] for f in train_fields()]  # the form's order: webui.fields.train_fields
     return ui
 
 
@@ -152,15 +190,16 @@ def _train_panel() -> SimpleNamespace:
         ui.abort = gr.Button("Abort", variant="stop", elem_id="abort")
     ui.message = gr.Markdown(elem_id="message")
     ui.command = gr.Code(label="Command", language="shell", wrap_lines=True, elem_id="command")
-    ui.yaml = gr.Code(label="YAML", language="yaml", elem_id="yaml")
-    with gr.Row():
-        ui.save_path = gr.Textbox(value="saves/webui/config.yaml", label="Save config as", elem_id="save-path")
-        ui.save = gr.Button("Save config", elem_id="save")
-    ui.estimate_out = gr.Textbox(label="Memory estimate (llmtune estimate)", lines=6, elem_id="estimate-out")
+    with gr.Accordion("YAML, save, llmtune estimate", open=False, elem_id="section-yaml"):
+        ui.yaml = gr.Code(label="YAML", language="yaml", elem_id="yaml")
+        with gr.Row():
+            ui.save_path = gr.Textbox(value="saves/webui/config.yaml", label="Save config as", elem_id="save-path")
+            ui.save = gr.Button("Save config", elem_id="save")
+        ui.estimate_out = gr.Textbox(label="Memory estimate (llmtune estimate)", lines=6, elem_id="estimate-out")
+    ui.memory_plot = gr.Plot(label="What fits: every finetuning type for this run", elem_id="memory-plot")
     with gr.Row():
         ui.gpu_memory = gr.Number(value=_gpu_memory_gb(), label="GPU memory (GB)", elem_id="gpu-memory")
         ui.memory_line = gr.Markdown(elem_id="memory-line")
-    ui.memory_plot = gr.Plot(label="What fits: every finetuning type for this run", elem_id="memory-plot")
     gr.Markdown("## Runs")
     ui.run_pick = gr.Dropdown(_run_choices(), label="Run", elem_id="run-pick")
     ui.status = gr.Markdown("no run yet", elem_id="run-status")
@@ -215,7 +254,13 @@ def create_app() -> gr.Blocks:
         with gr.Tab("Chat"):
             chat = actions.ChatSession()
             with gr.Row():
-                chat_model = gr.Textbox(value="llmtune/tiny-llama", label="Model or run folder", elem_id="chat-model")
+                chat_model = gr.Dropdown(
+                    [*model_choices(), *run_folders()["adapters"]],
+                    value="llmtune/tiny-llama",
+                    allow_custom_value=True,
+                    label="Model, run folder or adapter run",
+                    elem_id="chat-model",
+                )
                 chat_adapter = gr.Textbox(label="Adapter (optional)", elem_id="chat-adapter")
                 chat_tokens = gr.Number(value=256, label="max_new_tokens", elem_id="chat-tokens")
                 chat_load = gr.Button("Load", elem_id="chat-load")
@@ -231,7 +276,7 @@ def create_app() -> gr.Blocks:
             compare_plot = gr.Plot(elem_id="compare-plot")
             compare_table = gr.Markdown(elem_id="compare-table")
         with gr.Tab("Export"):
-            gr.Markdown("Merge a LoRA run's adapter into its base model (`llmtune export`).")
+            gr.Markdown("Merge a LoRA or LoRETTA reparam run's adapter into its base model (`llmtune export`).")
             with gr.Row():
                 export_run = gr.Textbox(value=start["output_dir"], label="Run folder", elem_id="export-run")
                 export_dir = gr.Textbox(value=start["output_dir"] + "-merged", label="Export to", elem_id="export-dir")
@@ -271,20 +316,22 @@ def create_app() -> gr.Blocks:
 
         def on_type(ft):
             own = method_groups().get(ft, ())
-            return [gr.update(visible=g in own) for g in accordions]
+            return [gr.update(visible=g in own) for g in accordions] + [_method_line(ft)]
+
+        def on_starting(name, model):
+            values, message = actions.starting_point(name, model)
+            out = [gr.update(value=_shown(f, values[f.name])) for f in fields]
+            return [*out, gr.update(value=""), message, ""]
+
+        def on_preview_data(*raw):
+            return actions.preview_data(*values_of(raw))
 
         def on_preset(name):
             found = presets().get(name)
             if found is None:
                 return [gr.update() for _ in components] + [gr.update()]
             values, leftover = preset_values(found)
-            out = []
-            for f in fields:
-                value = values.get(f.name)
-                if f.name == "dataset":
-                    value = [v for v in str(value).split(",") if v]
-                out.append(gr.update(value=value))
-            return out + [gr.update(value=leftover)]
+            return [gr.update(value=_shown(f, values.get(f.name))) for f in fields] + [gr.update(value=leftover)]
 
         def refresh(run_id):
             record = runs.get_launch(run_id) if run_id else None
@@ -312,8 +359,14 @@ def create_app() -> gr.Blocks:
             shown, text = actions.start_eval(state, run, chosen, eval_values(raw))
             return shown, text, gr.update(choices=_run_choices())
 
-        def on_load():
-            return gr.update(choices=_run_choices(), value=_newest())
+        def on_load():  # runs that finished since the UI started are models or adapters to pick now
+            return (
+                gr.update(choices=_run_choices(), value=_newest()),
+                gr.update(choices=model_choices()),
+                gr.update(choices=run_folders()["adapters"]),
+                gr.update(choices=[*model_choices(), *run_folders()["adapters"]]),
+                gr.update(choices=_run_folders()),
+            )
 
         form = [*components, extra]
         watched = [panel.status, panel.progress, panel.loss_plot, panel.log]
@@ -334,7 +387,14 @@ def create_app() -> gr.Blocks:
         panel.abort.click(on_abort, panel.run_pick, panel.message)
         form_ui.load_preset.click(on_preset, form_ui.preset, [*components, extra])
         type_box = components[keys.index("finetuning_type")]
-        type_box.change(on_type, type_box, list(accordions.values()))
+        type_box.change(on_type, type_box, [*accordions.values(), form_ui.method_line])
+        for name, button in form_ui.starts.items():
+            button.click(
+                on_starting,
+                [gr.State(name), components[keys.index("model_name_or_path")]],
+                [*components, extra, form_ui.start_message, form_ui.data_preview],
+            )
+        form_ui.preview_data.click(on_preview_data, form, form_ui.data_preview)
         eval_inputs = [ev.run_dir, ev.tasks, *ev.components]
         ev.preview.click(on_eval_preview, eval_inputs, [ev.command, ev.message])
         ev.start.click(on_eval_start, eval_inputs, [ev.command, ev.message, panel.run_pick])
@@ -342,5 +402,7 @@ def create_app() -> gr.Blocks:
         timer.tick(refresh, panel.run_pick, watched)
         timer.tick(eval_refresh, None, [ev.status, ev.results, ev.chart, ev.log])
         panel.run_pick.change(refresh, panel.run_pick, watched)
-        app.load(on_load, None, panel.run_pick)
+        model_box, adapter_box = (components[keys.index(k)] for k in ("model_name_or_path", "adapter_name_or_path"))
+        app.load(on_load, None, [panel.run_pick, model_box, adapter_box, chat_model, compare_pick])
+        app.load(on_memory, [*form, panel.gpu_memory], memory_out)  # the picture is there from the start
     return app

@@ -8,6 +8,9 @@ which method groups show for a ``finetuning_type`` comes from the method registr
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
+import threading
 import typing
 from dataclasses import dataclass
 from functools import cache
@@ -27,6 +30,57 @@ START_VALUES = {
     "plot_loss": True,
     "logging_steps": "5",
 }
+
+
+# The top of the Train tab: the keys people change (LlamaBoard's top rows). Every other key goes into a
+# collapsed section by concern (:func:`section_of`).
+TOP_KEYS = (
+    "model_name_or_path",
+    "adapter_name_or_path",
+    "finetuning_type",
+    "dataset",
+    "train_as_classification",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "cutoff_len",
+    "output_dir",
+)
+# Keys of ModelArguments / TrainingArguments that form a concern of their own, by prefix.
+QUANTISATION_PREFIXES = ("quantization_", "double_quantization")
+DISTRIBUTED_PREFIXES = ("deepspeed", "ddp_", "fsdp", "local_rank")
+MODEL, QUANTISATION, DATA, TRAINING, DISTRIBUTED = "Model loading", "Quantisation", "Data", "Training", "Distributed"
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """A one-click start for one of the two jobs: the keys it sets over the dataclass defaults, the
+    dataset it wants, and the shipped one that stands in where that cannot be read offline."""
+
+    label: str
+    values: dict[str, Any]
+    dataset: str
+    fallback: str
+
+
+STARTING_POINTS = {
+    "instruction": StartingPoint(
+        "Instruction tuning · Alpaca-GPT4",
+        {"finetuning_type": "lora", "lora_target": "all", "train_as_classification": False, "cutoff_len": "1024",
+         "learning_rate": "1e-4", "num_train_epochs": "3", "lr_scheduler_type": "cosine", "warmup_ratio": "0.1",
+         "plot_loss": True, "logging_steps": "5"},
+        dataset="alpaca_gpt4_en",
+        fallback="demo_alpaca",
+    ),
+    "classification": StartingPoint(
+        "Classification · SST-2, RTE, … (train_as_classification)",
+        {"finetuning_type": "lora", "lora_target": "all", "train_as_classification": True, "cutoff_len": "256",
+         "learning_rate": "5e-4", "num_train_epochs": "3", "plot_loss": True, "logging_steps": "5"},
+        dataset="sst2",
+        fallback="demo_sst2",
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,6 +159,37 @@ def all_method_groups() -> tuple[str, ...]:
     from llmtune.methods import method_argument_classes
 
     return tuple(cls.__name__ for cls in method_argument_classes())
+
+
+def section_of(field: Field) -> str:
+    """Where the Train tab shows ``field``: ``"top"``, a method's option group (shown for its types only),
+    or one collapsed section by concern (model loading, quantisation, data, training, distributed)."""
+    if field.name in TOP_KEYS:
+        return "top"
+    if field.group in all_method_groups():
+        return field.group
+    if field.name.startswith(QUANTISATION_PREFIXES):
+        return QUANTISATION
+    if field.name.startswith(DISTRIBUTED_PREFIXES):
+        return DISTRIBUTED
+    return {"ModelArguments": MODEL, "DataArguments": DATA}.get(field.group, TRAINING)
+
+
+def sections() -> dict[str, tuple[Field, ...]]:
+    """The collapsed sections in page order, each with its fields in dataclass order."""
+    order = [MODEL, QUANTISATION, DATA, *all_method_groups(), TRAINING, DISTRIBUTED]
+    found: dict[str, list[Field]] = {name: [] for name in order}
+    for f in train_fields():
+        if section_of(f) != "top":
+            found[section_of(f)].append(f)
+    return {name: tuple(members) for name, members in found.items() if members}
+
+
+def method_summaries() -> dict[str, str]:
+    """finetuning_type -> its one-line description (the registry's, as ``llmtune train --help`` shows)."""
+    from llmtune.methods import METHODS
+
+    return {name: m.summary for name, m in METHODS.items() if m.implemented}
 
 
 def applies(field: Field, finetuning_type: str) -> bool:
@@ -212,3 +297,108 @@ def preset_values(path: Path) -> tuple[dict[str, Any], str]:
             values[key] = "" if value is None else str(value)
     extra = yaml.safe_dump(leftover, sort_keys=False).strip() if leftover else ""
     return values, extra
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: built in, in the local caches, and the user's earlier runs
+
+
+def _hub_cache() -> Path:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(HF_HUB_CACHE)
+
+
+def cached_hub_models(cache: Path | None = None) -> list[str]:
+    """Hub models with a downloaded ``config.json`` in the local Hugging Face cache (``org/name``)."""
+    folder = cache or _hub_cache()
+    found = []
+    for repo in sorted(folder.glob("models--*")) if folder.is_dir() else []:
+        if any(repo.glob("snapshots/*/config.json")):
+            found.append(repo.name.removeprefix("models--").replace("--", "/", 1))
+    return found
+
+
+def run_folders(launches: list | None = None) -> dict[str, list[str]]:
+    """The UI's earlier training runs that saved something: ``{"models": full models (config.json),
+    "adapters": adapters (adapter_config.json)}``, newest first."""
+    from webui import runs
+
+    found: dict[str, list[str]] = {"models": [], "adapters": []}
+    for record in launches if launches is not None else runs.list_launches():
+        folder = Path(record.output_dir)
+        if record.kind != "train":
+            continue
+        if (folder / "adapter_config.json").is_file():
+            found["adapters"].append(str(folder))
+        elif (folder / "config.json").is_file():
+            found["models"].append(str(folder))
+    return {k: list(dict.fromkeys(v)) for k, v in found.items()}
+
+
+def model_choices() -> list[str]:
+    """The model box's list: the built-in models, the hub models cached here, the full-model runs."""
+    from llmtune.model.loader import EMBEDDED_MODELS
+
+    return list(dict.fromkeys([*EMBEDDED_MODELS, *cached_hub_models(), *run_folders()["models"]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Whether a dataset or task can be read here
+
+
+def _offline() -> bool:
+    truthy = ("1", "true", "yes", "on")
+    return any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether huggingface.co answers within ``timeout_s`` (False at once when HF_*_OFFLINE is set). The
+    lookup runs in a daemon thread: a resolver that hangs (an offline machine) cannot hold the page."""
+    if _offline():
+        return False
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return bool(answer and answer[0])
+
+
+def hub_dataset_cached(repo_id: str, cache: Path | None = None) -> bool:
+    """Whether a hub dataset has been downloaded once (the hub cache, or the datasets library's cache)."""
+    hub = (cache or _hub_cache()) / f"datasets--{repo_id.replace('/', '--')}"
+    if any(hub.glob("snapshots/*/*")):
+        return True
+    from datasets import config as datasets_config
+
+    prepared = Path(datasets_config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")
+    return prepared.is_dir() and any(prepared.iterdir())
+
+
+def hub_source(name: str, dataset_dir: str = "data") -> str | None:
+    """The hub id a dataset or task is read from, or None when it is a local file or an installed corpus."""
+    from llmtune.data.registry import load_registry, resolve_dataset_dir
+    from llmtune.data.tasks import load_tasks
+
+    folder = resolve_dataset_dir(dataset_dir)
+    entry = load_registry(folder).get(name)
+    if entry is not None:
+        return entry.hf_hub_url if not entry.file_name else None
+    task = load_tasks(folder).get(name)
+    return task.hf_hub_url if task is not None and not task.file_name and not task.corpus else None
+
+
+def choice_tasks(dataset_dir: str = "data") -> list[str]:
+    """The registered choice tasks (what ``train_as_classification`` trains on)."""
+    from llmtune.data.registry import resolve_dataset_dir
+    from llmtune.data.tasks import load_tasks
+
+    return [n for n, t in load_tasks(resolve_dataset_dir(dataset_dir)).items() if t.kind == "choice"]

@@ -25,7 +25,7 @@ commands:
   estimate   the GPU memory a config's run needs, by finetuning type, without loading any weights
   eval       score a model or a training run on tasks (sst2, squad, ...) or MT-bench (see `llmtune eval --help`)
   kernel     the eNTK view of fine-tuning: k-shot accuracy from a kernel, no training (see `llmtune kernel --help`)
-  export     merge a LoRA adapter (QLoRA too) into its base and write a standard model folder
+  export     merge a LoRA (QLoRA too) or LoRETTA reparam adapter into its base: a standard model folder
   webui      the Gradio app: build, preview, start and watch runs (--host, --port, --share; see docs/webui.md)
   chat       talk to a model (and its adapter) in the terminal, with its chat template
   env        versions of the libraries and the devices llmtune sees

@@ -1,4 +1,4 @@
-"""``llmtune export``: merge a LoRA adapter into its base model and write a standard Hugging Face model folder.
+"""``llmtune export``: merge a LoRA (or LoRETTA reparam) adapter into its base model and write a standard Hugging Face model folder.
 
     llmtune export --model_name_or_path BASE --adapter_name_or_path ADAPTER --export_dir DIR [--export_dtype bf16]
 
@@ -28,6 +28,8 @@ from llmtune.hparams.parser import coerce, parse_cli_overrides, read_config_file
 logger = logging.getLogger("llmtune")
 
 EXPORT_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+# Adapter types whose update is a weight delta (LoRETTA only in reparam mode: a tensor-train ΔW).
+MERGEABLE = ("LORA", "LORETTA")
 QUANTIZATION_KEYS = ("quantization_bit", "quantization_method", "quantization_type", "double_quantization")
 RUN_CONFIG = "training_args.yaml"  # what `llmtune train` writes next to the adapter
 
@@ -107,7 +109,7 @@ def _check(model_args: ModelArguments, export: ExportArguments) -> None:
     if not model_args.model_name_or_path:
         raise ConfigError("model_name_or_path: required (the base model the adapter was trained on)")
     if not model_args.adapter_name_or_path:
-        raise ConfigError("adapter_name_or_path: required (the LoRA adapter folder to merge)")
+        raise ConfigError("adapter_name_or_path: required (the LoRA or LoRETTA reparam adapter folder to merge)")
     if "," in model_args.adapter_name_or_path:
         raise ConfigError("adapter_name_or_path: export merges one adapter; give one folder")
     adapter = Path(model_args.adapter_name_or_path)
@@ -116,11 +118,18 @@ def _check(model_args: ModelArguments, export: ExportArguments) -> None:
         raise DataFileNotFoundError(
             f"adapter_name_or_path: '{adapter}' has no adapter_config.json, so it is no adapter"
         )
-    peft_type = json.loads(adapter_config.read_text(encoding="utf-8")).get("peft_type")
-    if peft_type != "LORA":
+    saved = json.loads(adapter_config.read_text(encoding="utf-8"))
+    peft_type = saved.get("peft_type")
+    if peft_type == "LORETTA" and saved.get("mode") != "reparam":
         raise ConfigError(
-            f"adapter_name_or_path: '{adapter}' is a {peft_type} adapter; export merges LoRA adapters only "
-            "(load other adapters with adapter_name_or_path at inference instead)"
+            f"adapter_name_or_path: '{adapter}' holds LoRETTA bottleneck adapters (loretta_mode: adapter, also "
+            "AdaZeta's), which have a non-linearity and cannot be merged into the weights; load them with "
+            "adapter_name_or_path at inference, or train with loretta_mode: reparam to export"
+        )
+    if peft_type not in MERGEABLE:
+        raise ConfigError(
+            f"adapter_name_or_path: '{adapter}' is a {peft_type} adapter; export merges LoRA and LoRETTA reparam "
+            "adapters (load other adapters with adapter_name_or_path at inference instead)"
         )
     if not export.export_dir:
         raise ConfigError("export_dir: required (an empty or new folder for the merged model)")

@@ -63,6 +63,14 @@ def fill(page, key: str, value: str) -> None:
     page.locator(f"#f-{key}").locator("input, textarea").first.fill(value)
 
 
+def fill_in_section(page, section: str, values: dict[str, str]) -> None:
+    """Open a collapsed section of the Train tab, fill its fields, close it again."""
+    page.locator(f"#section-{section}").click()
+    for key, value in values.items():
+        fill(page, key, value)
+    page.locator(f"#section-{section}").click()
+
+
 def status_text(page) -> str:
     return page.locator("#run-status").inner_text()
 
@@ -91,26 +99,27 @@ def test_start_close_reopen_abort_in_a_browser(ui):
         page = context.new_page()
         page.goto(url)
         page.wait_for_selector("#preview")
-        fill(page, "model_name_or_path", "llmtune/tiny-llama")  # the embedded default model
+        pick(page, "f-model_name_or_path", "llmtune/tiny-llama")  # the embedded default model
         assert "demo_alpaca" in page.locator("#f-dataset").inner_text()  # a shipped demo dataset
         for key, value in {
             "output_dir": "saves/browser run",
             "max_steps": "400",
-            "logging_steps": "1",
-            "save_steps": "1000",
             "cutoff_len": "48",
-            "max_samples": "64",
             "per_device_train_batch_size": "2",
             "learning_rate": "1e-3",
         }.items():
             fill(page, key, value)
+        fill_in_section(page, "Training", {"logging_steps": "1", "save_steps": "1000"})
+        fill_in_section(page, "Data", {"max_samples": "64"})
 
         mark("filled")
         page.click("#preview")
         page.wait_for_function("document.querySelector('#command').innerText.includes('--max_steps=400')")
         command = page.locator("#command").inner_text()
         assert "--model_name_or_path=llmtune/tiny-llama" in command and "'--output_dir=saves/browser run'" in command
-        assert "max_steps: 400" in page.locator("#yaml").inner_text()
+        page.locator("#section-yaml").click()  # the YAML it equals, in its collapsed section
+        assert "max_steps: 400" in wait_text(page, "#yaml", "max_steps: 400", 10)
+        page.locator("#section-yaml").click()
 
         mark("previewed")
         page.click("#start")
@@ -157,7 +166,7 @@ def test_the_memory_picture_follows_the_method_in_a_browser(ui):
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
         page.goto(url)
         page.wait_for_selector("#estimate")
-        fill(page, "model_name_or_path", "llmtune/tiny-llama")
+        pick(page, "f-model_name_or_path", "llmtune/tiny-llama")
         page.click("#estimate")
         page.wait_for_function("document.querySelector('#memory-line').innerText.includes('lora: ')", timeout=60_000)
         assert page.locator("#memory-plot").locator("img, svg, canvas").count() > 0
@@ -170,3 +179,122 @@ def test_the_memory_picture_follows_the_method_in_a_browser(ui):
         page.locator("#memory-plot").screenshot(path=str(artifacts / "webui_memory_picture.png"))
         browser.close()
     assert (artifacts / "webui_memory_picture.png").stat().st_size > 5_000
+
+
+def pick(page, key: str, value: str) -> None:
+    """Type ``value`` into a dropdown that takes free text (a model, a run folder) and commit it."""
+    box = page.locator(f"#{key}").locator("input").first
+    box.click()
+    box.fill(value)
+    box.press("Enter")
+
+
+def wait_text(page, selector: str, needle: str, timeout_s: float) -> str:
+    page.wait_for_function(
+        "([s, n]) => (document.querySelector(s)?.innerText || '').includes(n)",
+        arg=[selector, needle],
+        timeout=timeout_s * 1000,
+    )
+    return page.locator(selector).inner_text()
+
+
+def train_to_the_end(page, output_dir: str, steps: int) -> None:
+    """Set a short run (the tiny model), start it and watch it finish: the progress line, then ``finished``."""
+    for key, value in {"output_dir": output_dir, "max_steps": str(steps), "per_device_train_batch_size": "4",
+                       "cutoff_len": "64"}.items():  # fmt: skip
+        fill(page, key, value)
+    fill_in_section(page, "Training", {"logging_steps": "1", "save_steps": "1000"})
+    started = re.compile(r"started run (\S+)")
+    earlier = started.search(page.locator("#message").inner_text())  # an earlier start's message, if any
+    page.click("#start")
+    page.wait_for_function(
+        "old => { const m = (document.querySelector('#message')?.innerText || '').match(/started run (\\S+)/); "
+        "return m !== null && m[1] !== old; }",
+        arg=earlier.group(1) if earlier else "",
+        timeout=30_000,
+    )
+    run_id = started.search(page.locator("#message").inner_text()).group(1)
+    wait_status(page, rf"finished · run {re.escape(run_id)} · .*step {steps}/{steps}", 180)
+
+
+def test_the_two_jobs_chat_export_and_compare_in_a_browser(ui):
+    """Issue #21 §1, §3, §4: the classification starting point, its data preview, a short run watched to
+    the end, chat with it, export it; then the instruction starting point, a second run, both compared.
+    Screenshots of each view go to the artifacts folder (docs/webui/ when regenerated, see docs/webui.md)."""
+    from playwright.sync_api import sync_playwright
+
+    from webui import actions
+
+    url, workdir = ui
+    artifacts = Path(os.environ.get("LLMTUNE_TEST_ARTIFACTS") or workdir / "artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    expected = {
+        name: actions.starting_point(name, "llmtune/tiny-llama")[0]["dataset"]
+        for name in ("classification", "instruction")
+    }
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#start-classification")
+        wait_text(page, "#memory-line", "lora: ", 120)  # the memory picture is drawn from the start
+        height = page.evaluate("document.documentElement.scrollHeight")
+        page.screenshot(path=str(artifacts / "webui_train.png"), full_page=True)
+        assert height <= 2 * 1000, f"the Train tab is {height} px high with its sections closed"
+
+        # 1. the classification starting point, its data as the model sees it
+        page.click("#start-classification")
+        wait_text(page, "#start-message", expected["classification"], 120)
+        assert expected["classification"] in page.locator("#f-dataset").inner_text()
+        assert page.locator("#f-train_as_classification input").is_checked()
+        page.click("#preview-data")
+        counts = wait_text(page, "#data-preview", "rows", 120)
+        assert re.search(rf"{expected['classification']}: [\d,]+ rows", counts)
+        assert page.locator("#data-preview mark").count() >= 1  # the gold option of each row shown
+        page.screenshot(path=str(artifacts / "webui_classification.png"), full_page=True)
+
+        # 2. a short run, watched to the end
+        train_to_the_end(page, "saves/cls", steps=6)
+        cls_run = str(workdir / "saves" / "cls")
+        assert (workdir / "saves" / "cls" / "adapter_config.json").is_file()
+
+        # 3. the instruction starting point (the shipped data where the hub is out of reach), a second run
+        page.click("#start-instruction")
+        wait_text(page, "#start-message", expected["instruction"], 120)
+        assert not page.locator("#f-train_as_classification input").is_checked()
+        train_to_the_end(page, "saves/sft", steps=4)
+        sft_run = str(workdir / "saves" / "sft")
+
+        # 4. chat with it: the base model and the run's adapter, the answer streamed into the conversation
+        page.get_by_role("tab", name="Chat").click()
+        pick(page, "chat-model", "llmtune/tiny-llama")
+        page.locator("#chat-adapter textarea, #chat-adapter input").first.fill(sft_run)
+        page.click("#chat-load")
+        assert "with adapter" in wait_text(page, "#chat-status", "loaded", 120)
+        page.locator("#chat-input textarea, #chat-input input").first.fill("Reverse the word: map")
+        page.locator("#chat-input textarea, #chat-input input").first.press("Enter")
+        wait_text(page, "#chatbot", "Reverse the word: map", 30)
+        page.wait_for_function(
+            "(document.querySelector('#chatbot .bot-row')?.innerText || '').trim().length > 0", timeout=60_000
+        )  # an answer, not an empty bubble
+        page.screenshot(path=str(artifacts / "webui_chat.png"), full_page=True)
+
+        # 5. export the classification run: its adapter merged into its base, the folder shown
+        page.get_by_role("tab", name="Export").click()
+        page.locator("#export-run textarea, #export-run input").first.fill(cls_run)
+        page.locator("#export-dir textarea, #export-dir input").first.fill(str(workdir / "merged"))
+        page.click("#export")
+        assert str(workdir / "merged") in wait_text(page, "#export-message", "merged into", 180)
+        assert (workdir / "merged" / "config.json").is_file()
+        page.screenshot(path=str(artifacts / "webui_export.png"), full_page=True)
+
+        # 6. compare the two runs: loss curves on one figure, a row each
+        page.get_by_role("tab", name="Compare").click()
+        for run in (cls_run, sft_run):
+            pick(page, "compare-pick", run)
+        page.click("#compare")
+        table = wait_text(page, "#compare-table", "sft", 120)
+        assert "cls" in table and "last loss" in table
+        assert page.locator("#compare-plot").locator("img, svg, canvas").count() > 0
+        page.screenshot(path=str(artifacts / "webui_compare.png"), full_page=True)
+        browser.close()

@@ -208,6 +208,8 @@ def test_the_memory_picture_is_the_estimate_of_every_type_for_the_forms_run():
     assert found["block"].total == own.total
     assert line == f"block: {own.total / 1e9:.2f} GB (fits)"
     assert any(line_.get_ydata()[0] == 24 for line_ in axis.get_lines())  # the GPU's memory
+    # the tiny model under a 24 GB card: the bars fill the axis, the line is said to be far above
+    assert axis.get_ylim()[1] < 24 and [t.get_text() for t in axis.texts] == ["GPU 24 GB: far above"]
 
 
 def test_the_memory_picture_says_what_is_wrong_in_one_line():
@@ -296,5 +298,8 @@ def test_the_compare_tab_draws_each_runs_losses_and_tabulates_them(tmp_path, mak
     rows = table.splitlines()
     assert "demo_sst2: accuracy" in rows[0] and rows[2].startswith("| a | 3 |") and "0.75" in rows[2]
     assert rows[3].startswith("| b | 3 |") and rows[3].endswith("|  |")  # b has no eval results
+    without_evals = actions.compare_runs([str(tmp_path / "b"), str(tmp_path / "b")])[1].splitlines()
+    for found in (rows, without_evals):  # a markdown table: every row has the header's cells
+        assert len({row.count("|") for row in found}) == 1, found
     assert actions.compare_runs([str(tmp_path / "a")]) == (None, "pick two runs or more")
     assert actions.compare_runs([str(tmp_path / "a"), str(tmp_path)])[1].startswith("**error:** run folder:")

@@ -91,6 +91,7 @@ register(
         prepare="llmtune.methods.loretta.model:prepare_loretta",
         report="llmtune.methods.loretta.model:report_loretta",
         bnb_optimizers=True,
+        peft_tuner="llmtune.methods.loretta.tuner",  # AdaZeta saves the same adapter type
     )
 )
 

@@ -52,6 +52,9 @@ class Method:
         trainer_kwargs: ``"module:function"`` taking the run's arguments and returning the keyword
             arguments of the trainer's constructor (the method's options, as TRL hands a config to its
             trainer), or None.
+        peft_tuner: the module that registers the method's adapter type with PEFT, when PEFT does not
+            ship it; :mod:`llmtune.peft_hook` imports it once PEFT is imported, so a saved adapter loads
+            with plain ``PeftModel.from_pretrained`` after ``import llmtune``.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Method:
     bnb_optimizers: bool = False
     trainer_kwargs: str | None = None
     check: str | None = None
+    peft_tuner: str | None = None
 
     @property
     def implemented(self) -> bool:
