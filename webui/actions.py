@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import ConfigError, LlmtuneError
+from llmtune.hparams.parser import RUN_CONFIG
 from webui import command as cmd
 from webui import runs
 
@@ -348,7 +349,7 @@ def export_run(run_dir: str, export_dir: str, export_dtype: str) -> str:
 
     try:
         run = Path(cmd.check_value("run folder", (run_dir or "").strip())).expanduser()
-        saved = run / "training_args.yaml"
+        saved = run / RUN_CONFIG
         if not saved.is_file():
             raise ConfigError(f"run folder: '{run}' has no training_args.yaml (not a finished llmtune train run)")
         base = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model_name_or_path")

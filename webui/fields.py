@@ -348,8 +348,9 @@ def model_choices() -> list[str]:
 
 
 def _offline() -> bool:
-    truthy = ("1", "true", "yes", "on")
-    return any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    from llmtune.hparams.truth import is_true
+
+    return any(is_true(os.environ.get(v, "")) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

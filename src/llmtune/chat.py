@@ -45,17 +45,16 @@ class ChatOptions:
 
 def load_chat_options(tokens: list[str]) -> ChatOptions:
     """``llmtune chat`` argv -> validated :class:`ChatOptions` (nothing loaded yet)."""
-    from llmtune.hparams.parser import parse_cli_overrides, read_config_file
+    from llmtune.hparams.parser import read_file_and_flags
+    from llmtune.hparams.truth import is_true
     from llmtune.model import check_model_args
 
-    config_path, overrides = parse_cli_overrides(tokens)
-    config: dict[str, Any] = read_config_file(config_path) if config_path else {}
-    config.update(overrides)
+    config: dict[str, Any] = read_file_and_flags(tokens)
     model_keys = {f.name for f in dataclasses.fields(ModelArguments)}
     model = ModelArguments(**{k: str(v) for k, v in config.items() if k in model_keys and v is not None})
     for key in ("trust_remote_code", "use_fast_tokenizer", "low_cpu_mem_usage"):
         if key in config:
-            setattr(model, key, str(config[key]).lower() in ("1", "true", "yes", "on"))
+            setattr(model, key, is_true(str(config[key])))
     if not model.model_name_or_path:
         raise ConfigError("model_name_or_path: required (a saved model folder, a hub id, or llmtune/smollm2-135m)")
     options = ChatOptions(model=model, template=config.get("template"), system=config.get("system"))

@@ -152,7 +152,7 @@ def cmd_chat(tokens: list[str]) -> int:
 
 def cmd_train(tokens: list[str]) -> int:
     from llmtune.hparams import load_run_arguments
-    from llmtune.launch import launch_plan, relaunch
+    from llmtune.launch import is_main_process, launch_plan, relaunch
     from llmtune.train.run import run_sft
 
     args = load_run_arguments(tokens)  # every mistake is reported once, before any process starts
@@ -162,7 +162,7 @@ def cmd_train(tokens: list[str]) -> int:
     result = run_sft(args)
     loss = result.metrics.get("train_loss")
     shown = f" (train_loss {loss:.4f})" if isinstance(loss, float) else ""
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
+    if is_main_process():  # under torchrun, say it once
         print(f"llmtune: saved to {result.output_dir}{shown}")
     return 0
 

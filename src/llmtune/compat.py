@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import ConfigError
+from llmtune.hparams.truth import is_true
 
 
 def finetuning_types() -> tuple[str, ...]:
@@ -319,10 +320,6 @@ def is_set(value: Any) -> bool:
     return not (isinstance(value, str) and value.strip().lower() in ("false", "no", "none", "null", "0"))
 
 
-def _is_true(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"))
-
-
 def deepspeed_stage(value: Any) -> int:
     """ZeRO stage of a ``deepspeed`` value (a JSON file's path or a dict); a one-line error for a bad file."""
     if isinstance(value, dict):
@@ -378,7 +375,7 @@ def cell_of(config: dict[str, Any], world_size: int | None = None, *, deepspeed_
     else:
         engine = "ddp" if world_size > 1 else "none"
     accumulation = ">1" if int(config.get("gradient_accumulation_steps") or 1) > 1 else "1"
-    precision = "bf16" if _is_true(config.get("bf16")) else "fp16" if _is_true(config.get("fp16")) else "fp32"
+    precision = "bf16" if is_true(config.get("bf16")) else "fp16" if is_true(config.get("fp16")) else "fp32"
     return Cell(str(config.get("finetuning_type") or "lora"), engine, accumulation, precision, quantization_of(config))
 
 

@@ -23,7 +23,7 @@ import yaml
 
 from llmtune.errors import ConfigError, DataFileNotFoundError, one_of, suggest
 from llmtune.hparams.model_args import ModelArguments
-from llmtune.hparams.parser import coerce, parse_cli_overrides, read_config_file
+from llmtune.hparams.parser import RUN_CONFIG, coerce, read_file_and_flags
 
 logger = logging.getLogger("llmtune")
 
@@ -31,7 +31,6 @@ EXPORT_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # Adapter types whose update is a weight delta (LoRETTA only in reparam mode: a tensor-train ΔW).
 MERGEABLE = ("LORA", "LORETTA")
 QUANTIZATION_KEYS = ("quantization_bit", "quantization_method", "quantization_type", "double_quantization")
-RUN_CONFIG = "training_args.yaml"  # what `llmtune train` writes next to the adapter
 
 
 @dataclass
@@ -58,9 +57,7 @@ def load_export_arguments(tokens: list[str]) -> tuple[ModelArguments, ExportArgu
     from llmtune.model.dtypes import compute_dtype_name
     from llmtune.model.quantization import check_quantization
 
-    config_path, overrides = parse_cli_overrides(tokens)
-    config = read_config_file(config_path) if config_path else {}
-    config.update(overrides)
+    config = read_file_and_flags(tokens)
     classes = (ModelArguments, ExportArguments)
     owners = {f.name: cls for cls in classes for f in fields(cls) if f.init}
     unknown = [key for key in config if key not in owners]

@@ -19,10 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from llmtune.errors import ConfigError
+from llmtune.hparams.truth import is_true
 
 logger = logging.getLogger("llmtune")
-
-_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,11 @@ class LaunchPlan:
     @property
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun/DeepSpeed job (or a single process): the one that owns output_dir and speaks."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def is_torchrun_worker(env: Mapping[str, str]) -> bool:
@@ -67,7 +71,7 @@ def launch_plan(env: Mapping[str, str], *, force: bool = False) -> LaunchPlan | 
         return None
     nproc = _env_int(env, "NPROC_PER_NODE", 1, 1)
     nnodes = _env_int(env, "NNODES", 1, 1)
-    force = force or env.get("FORCE_TORCHRUN", "").strip().lower() in _TRUE
+    force = force or is_true(env.get("FORCE_TORCHRUN", ""))
     if nproc == 1 and nnodes == 1 and not force:
         return None
     node_rank = _env_int(env, "NODE_RANK", 0, 0)

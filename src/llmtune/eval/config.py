@@ -21,11 +21,10 @@ from llmtune.errors import ConfigError, DataFileNotFoundError, one_of, suggest
 from llmtune.hparams.data_args import DataArguments
 from llmtune.hparams.eval_args import EVAL_DATA_KEYS, TASK_FORMATS, EvalArguments
 from llmtune.hparams.model_args import ModelArguments
-from llmtune.hparams.parser import coerce, parse_cli_overrides, read_config_file
+from llmtune.hparams.parser import RUN_CONFIG, coerce, parse_cli_overrides, read_config_file
 from llmtune.hparams.secrets import is_secret
 
 MT_BENCH = "mt_bench"
-RUN_CONFIG = "training_args.yaml"
 # Keys of a training run's config that mean the same when evaluating it.
 RUN_KEYS = ("trust_remote_code", "use_fast_tokenizer", "flash_attn", "cache_dir", "model_revision", *EVAL_DATA_KEYS)
 RUN_KEYS = tuple(k for k in RUN_KEYS if k not in ("max_samples", "skip_bad_rows"))

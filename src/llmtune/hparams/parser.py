@@ -22,6 +22,7 @@ from llmtune.hparams.data_args import DataArguments
 from llmtune.hparams.finetuning_args import FOREIGN_STAGES, LM_HEAD_LOSSES, STAGES, FinetuningArguments
 from llmtune.hparams.model_args import ModelArguments
 from llmtune.hparams.secrets import is_secret  # noqa: F401  (re-exported: eval and kernel configs use it)
+from llmtune.hparams.truth import FALSE_WORDS, TRUE_WORDS
 
 CHECKPOINTING_KEYS = ("gradient_checkpointing", "activation_checkpointing")  # transformers' name and its alias
 
@@ -99,6 +100,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return content
 
 
+def read_file_and_flags(tokens: list[str]) -> dict[str, Any]:
+    """``[CONFIG.yaml] [--key value ...]`` -> one config: the file's keys, then the flags over them."""
+    config_path, overrides = parse_cli_overrides(tokens)
+    config = read_config_file(config_path) if config_path else {}
+    config.update(overrides)  # flags override the file
+    return config
+
+
 def parse_cli_overrides(tokens: list[str]) -> tuple[str | None, dict[str, Any]]:
     """Split ``[CONFIG.yaml] [--key value | --key=value | --flag | key=value ...]``.
 
@@ -149,9 +158,8 @@ def _init_fields(cls: type) -> list[dataclasses.Field]:
 # ---------------------------------------------------------------------------------------------
 # Turning strings (from the CLI, or YAML's "1e-4") into the field's type
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
 _NULL = {"null", "~", ""}
+RUN_CONFIG = "training_args.yaml"  # the keys a run was given, saved in its output_dir (read by eval, export, the UI)
 
 
 def _members(hint: Any) -> list[Any]:
@@ -182,8 +190,8 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         low = value.strip().lower()
         if nullable and (low in _NULL or (low == "none" and not wants_str)):
             return None
-        if _accepts(members, bool) and low in _TRUE | _FALSE:
-            return low in _TRUE
+        if _accepts(members, bool) and low in (*TRUE_WORDS, *FALSE_WORDS):
+            return low in TRUE_WORDS
         if _accepts(members, int):
             try:
                 return int(value)
@@ -426,7 +434,4 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
 
 def load_run_arguments(tokens: list[str], *, for_training: bool = True) -> RunArguments:
     """``llmtune train`` argv (after the subcommand) -> validated :class:`RunArguments`."""
-    config_path, overrides = parse_cli_overrides(tokens)
-    config = read_config_file(config_path) if config_path else {}
-    config.update(overrides)  # flags override the file
-    return parse_args(config, for_training=for_training)
+    return parse_args(read_file_and_flags(tokens), for_training=for_training)

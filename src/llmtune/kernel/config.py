@@ -25,7 +25,7 @@ from llmtune.hparams.kernel_args import (
     KernelArguments,
 )
 from llmtune.hparams.model_args import ModelArguments
-from llmtune.hparams.parser import coerce, parse_cli_overrides, read_config_file
+from llmtune.hparams.parser import coerce, read_file_and_flags
 from llmtune.hparams.secrets import is_secret
 
 
@@ -84,10 +84,7 @@ def kernel_owners() -> dict[str, type]:
 
 def load_kernel_arguments(tokens: list[str]) -> KernelRun:
     """``llmtune kernel`` argv (after the subcommand) -> a validated :class:`KernelRun`."""
-    path, overrides = parse_cli_overrides(tokens)
-    config = read_config_file(path) if path else {}
-    config.update(overrides)
-    return parse_kernel_args(config)
+    return parse_kernel_args(read_file_and_flags(tokens))
 
 
 def parse_kernel_args(config: dict[str, Any]) -> KernelRun:

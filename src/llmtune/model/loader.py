@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, one_of, suggest
 from llmtune.hparams.model_args import ModelArguments
+from llmtune.hparams.truth import is_true
 from llmtune.model.dtypes import compute_dtype, compute_dtype_name, set_training_dtypes  # noqa: F401  (re-exported)
 from llmtune.model.quantization import quantized_load_kwargs
 from llmtune.model.smollm2 import SMOLLM2_MODEL_NAME, ensure_smollm2_model, find_gguf_file, smollm2_model_dir
@@ -155,7 +156,7 @@ def _load_error(name: str, error: Exception) -> Exception:
             f"model_name_or_path: '{name}' is gated; accept its licence on the hub and log in, or {instead}"
         )
     if "couldn't connect" in text or "offline" in text.lower():
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        offline = is_true(os.environ.get("HF_HUB_OFFLINE", ""))
         why = "the hub is off (HF_HUB_OFFLINE=1)" if offline else "the hub could not be reached"
         return DataFileNotFoundError(f"model_name_or_path: '{name}' is not in the local cache and {why}; {instead}")
     if "not a valid model identifier" in text or "is not a local folder" in text:

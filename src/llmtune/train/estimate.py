@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from llmtune.errors import ConfigError, LlmtuneError, NotImplementedYetError
-from llmtune.hparams.parser import RunArguments, coerce, parse_args, parse_cli_overrides, read_config_file
+from llmtune.hparams.parser import RunArguments, coerce, parse_args, read_file_and_flags
 from llmtune.hparams.training_args import gradient_checkpointing_setting
 from llmtune.model.dtypes import compute_dtype_name
 from llmtune.model.quantization import (
@@ -97,9 +97,7 @@ def fits_line(total_bytes: int, gpu_memory_gb: float) -> str:
 
 def load_estimate_arguments(tokens: list[str]) -> RunArguments:
     """``llmtune estimate`` argv -> arguments. bf16/fp16 are taken as asked, even on a machine without a GPU."""
-    config_path, overrides = parse_cli_overrides(tokens)
-    config = read_config_file(config_path) if config_path else {}
-    config.update(overrides)
+    config = read_file_and_flags(tokens)
     precision = {key: config.pop(key) for key in ("bf16", "fp16") if key in config}
     gpu_memory_gb = config.pop("gpu_memory_gb", DEFAULT_GPU_MEMORY_GB)
     args = parse_args(config, for_training=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 from dataclasses import dataclass
@@ -21,14 +20,13 @@ import torch
 import yaml
 
 from llmtune.errors import ConfigError, NumericalError, TrainingInterrupted
-from llmtune.hparams.parser import RunArguments
+from llmtune.hparams.parser import RUN_CONFIG, RunArguments
 from llmtune.hparams.training_args import gradient_checkpointing_setting
+from llmtune.launch import is_main_process
 from llmtune.train import checkpoint as ckpt
 from llmtune.train.status import mark_running, tracks_status
 
 logger = logging.getLogger("llmtune")
-
-CONFIG_FILE = "training_args.yaml"
 
 
 @dataclass
@@ -58,11 +56,6 @@ def resolve_resume(args: RunArguments) -> str | None:
     if not ckpt.is_complete(path):
         raise ConfigError(f"resume_from_checkpoint: {value!r} is incomplete (no valid {ckpt.COMPLETE_MARKER})")
     return str(path)
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun/DeepSpeed job (or a single process): the one that owns output_dir."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def check_output_dir(args: RunArguments, resume: str | None) -> None:
@@ -110,7 +103,7 @@ def save_config(out: Path, args: RunArguments) -> None:
     """Write the keys the user set (no secrets) as ``training_args.yaml``, to rerun the same job."""
     if not is_main_process():
         return
-    with (out / CONFIG_FILE).open("w", encoding="utf-8") as handle:
+    with (out / RUN_CONFIG).open("w", encoding="utf-8") as handle:
         yaml.safe_dump(args.public_config(), handle, sort_keys=False, allow_unicode=True)
 
 
@@ -209,7 +202,7 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
         last = ckpt.latest_complete_checkpoint(out, warn=False)
         raise TrainingInterrupted(
             f"stopped by {signal.Signals(stop.signum).name} after step {stop.stopped_at}; checkpoint saved in {last}. "
-            f"Resume with: llmtune train {out / CONFIG_FILE} --resume_from_checkpoint true",
+            f"Resume with: llmtune train {out / RUN_CONFIG} --resume_from_checkpoint true",
             stop.signum,
         )
 

@@ -23,16 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from llmtune.launch import is_main_process
+
 STATUS_FILE = "run_status.json"
 STATES = ("running", "finished", "interrupted", "failed")
 ERROR_LINES = 12  # how much of a traceback a reader is shown
 
 _current: Path | None = None  # output_dir of the run this process is tracking
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def read_status(output_dir: str | Path) -> dict[str, Any] | None:
@@ -59,7 +57,7 @@ def _command() -> list[str]:
 def mark_running(output_dir: str | Path) -> None:
     """Record that this process is training into ``output_dir`` (rank 0 only)."""
     global _current
-    if not _is_main_process():
+    if not is_main_process():
         return
     _current = Path(output_dir)
     record = {

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmtune.errors import ConfigError
-
-_TRUE = {"true", "yes", "on", "1"}
+from llmtune.hparams.truth import is_true
 
 
 def check_adazeta_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -31,14 +30,10 @@ def check_adazeta_config(config: dict[str, Any]) -> dict[str, Any]:
             f"zo_optimizer: {config['zo_optimizer']!r} is not supported with finetuning_type: adazeta (its queries "
             "vary per step); use sgd"
         )
-    if _is_true(config.get("loretta_train_norms")):
+    if is_true(config.get("loretta_train_norms")):
         raise ConfigError(
             "loretta_train_norms: true is not supported with finetuning_type: adazeta (AdaZeta freezes "
             "the layer norms); remove it or use finetuning_type: loretta"
         )
     # deepspeed and fsdp: refused by the compatibility table (llmtune.compat), with the other engines' rules.
     return config
-
-
-def _is_true(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() in _TRUE)
