@@ -29,15 +29,16 @@ def test_wheel_installs_a_working_web_ui_and_data(tmp_path):
         "llmtune/cli.py",
         "llmtune/_data/dataset_info.json",
         "llmtune/_examples/train_lora/tiny_lora_sft.yaml",
-        "webui/__init__.py",
-        "webui/app.py",
+        "llmtune/webui/__init__.py",
+        "llmtune/webui/app.py",
     ):
         assert name in names, name
+    assert not [n for n in names if n.startswith("webui/")]  # no top-level package that could clash with another
     # Run from the unpacked wheel alone (no checkout on the path, another working directory): the UI's
     # code imports and finds its presets and datasets, as after `pip install llmtune`.
     probe = (
-        "import os, llmtune, webui, webui.fields as f; "
-        "assert all(m.__file__.startswith(os.environ['SITE']) for m in (llmtune, webui)), llmtune.__file__; "
+        "import os, llmtune, llmtune.webui as w, llmtune.webui.fields as f; "
+        "assert all(m.__file__.startswith(os.environ['SITE']) for m in (llmtune, w)), llmtune.__file__; "
         "p = f.presets(); assert 'train_lora/tiny_lora_sft' in p, sorted(p); "
         "assert 'demo_alpaca' in f.dataset_names(), f.dataset_names(); print('ok', len(p))"
     )

@@ -6,7 +6,7 @@ llmtune estimate CONFIG.yaml [--key value ...]  GPU memory the run needs, load n
 llmtune eval [CONFIG.yaml | RUN_DIR] [--key value ...]  score tasks (sst2, ...) or MT-bench with a judge
 llmtune kernel [CONFIG.yaml] [--key value ...]  eNTK of prompt-based fine-tuning on a k-shot split
 llmtune export --model_name_or_path BASE --adapter_name_or_path ADAPTER --export_dir DIR  merge a LoRA adapter
-llmtune webui [--host 127.0.0.1] [--port 7860] [--share]   the Gradio app (webui/)
+llmtune webui [--host 127.0.0.1] [--port 7860] [--share]   the Gradio app (llmtune.webui)
 llmtune chat [CONFIG.yaml] --model_name_or_path M [--adapter_name_or_path A]  talk to a model in the terminal
 llmtune env | version
 """
@@ -168,26 +168,16 @@ def cmd_train(tokens: list[str]) -> int:
 
 
 def _import_webui():
-    """The ``webui`` package: the one next to ``src/`` in a source checkout, else the wheel's."""
+    """``llmtune.webui``, once gradio (an optional extra) is known to be there."""
     import importlib
-    from pathlib import Path
 
-    import llmtune
     from llmtune.errors import ConfigError
 
-    root = Path(llmtune.__file__).resolve().parents[2]  # <checkout>/src/llmtune/__init__.py -> <checkout>
-    if (root / "webui" / "__init__.py").is_file() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
     try:
         importlib.import_module("gradio")
     except ImportError:
         raise ConfigError('the web UI needs gradio: pip install -e ".[webui]"') from None
-    try:
-        return importlib.import_module("webui")
-    except ImportError:
-        raise ConfigError(
-            f"no webui package next to {root / 'src'} or installed: reinstall llmtune (pip install 'llmtune[webui]')"
-        ) from None
+    return importlib.import_module("llmtune.webui")
 
 
 def cmd_webui(tokens: list[str]) -> int:

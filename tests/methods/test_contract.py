@@ -54,7 +54,7 @@ def toy(tmp_path, monkeypatch):
 
 
 def _clear_webui_caches():
-    from webui import fields
+    from llmtune.webui import fields
 
     for function in (fields.train_fields, fields.field_map, fields.method_groups):
         function.cache_clear()
@@ -78,7 +78,7 @@ def test_the_toy_method_is_in_the_compatibility_table(toy):
 
 
 def test_the_web_ui_offers_the_toy_method_with_only_its_options(toy):
-    from webui import fields
+    from llmtune.webui import fields
 
     assert "toy" in fields.field_map()["finetuning_type"].choices
     assert fields.method_groups()["toy"] == ("ToyArguments",)

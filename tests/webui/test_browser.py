@@ -223,7 +223,7 @@ def test_the_two_jobs_chat_export_and_compare_in_a_browser(ui):
     Screenshots of each view go to the artifacts folder (docs/webui/ when regenerated, see docs/webui.md)."""
     from playwright.sync_api import sync_playwright
 
-    from webui import actions
+    from llmtune.webui import actions
 
     url, workdir = ui
     artifacts = Path(os.environ.get("LLMTUNE_TEST_ARTIFACTS") or workdir / "artifacts")

@@ -9,9 +9,9 @@ import yaml
 
 from llmtune.errors import ConfigError
 from llmtune.hparams.parser import argument_classes, load_run_arguments, parse_args, parse_cli_overrides
-from webui import actions
-from webui.command import argv_for, check_paths, train_config, validated_yaml
-from webui.fields import field_map, method_groups, preset_values, presets, start_values
+from llmtune.webui import actions
+from llmtune.webui.command import argv_for, check_paths, train_config, validated_yaml
+from llmtune.webui.fields import field_map, method_groups, preset_values, presets, start_values
 
 # Non-default values for each finetuning type's own options (typed as the dataclasses hold them).
 METHOD_VALUES = {

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from webui import actions, fields
+from llmtune.webui import actions, fields
 
 
 def test_every_key_is_on_the_page_once_and_a_methods_options_only_in_its_section():
@@ -58,7 +58,7 @@ def test_the_model_list_has_the_built_in_models_the_cached_ones_and_earlier_runs
             (folder / marker).write_text("{}")
     launches = [SimpleNamespace(kind="train", output_dir=str(f)) for f in (full, adapter, empty)]
     launches.append(SimpleNamespace(kind="eval", output_dir=str(full)))
-    monkeypatch.setattr("webui.runs.list_launches", lambda: launches)
+    monkeypatch.setattr("llmtune.webui.runs.list_launches", lambda: launches)
     assert fields.run_folders() == {"models": [str(full)], "adapters": [str(adapter)]}
     assert fields.model_choices() == ["llmtune/tiny-llama", "llmtune/smollm2-135m", "org/cached", str(full)]
 

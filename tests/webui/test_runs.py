@@ -11,7 +11,7 @@ import pytest
 
 from llmtune.errors import ConfigError, TrainingInterrupted
 from llmtune.train import status
-from webui import runs
+from llmtune.webui import runs
 
 
 @pytest.fixture(autouse=True)
@@ -124,8 +124,8 @@ def test_eval_results_are_read_for_tasks_and_mt_bench(tmp_path):
 
 
 def test_one_run_at_a_time_per_ui(tmp_path):
-    from webui import actions
-    from webui.fields import start_values
+    from llmtune.webui import actions
+    from llmtune.webui.fields import start_values
 
     state = actions.UiState()
     state.current = runs.launch(
@@ -144,8 +144,8 @@ def test_the_progress_line_says_time_speed_loss_and_memory_from_the_runs_log(tmp
 
     from llmtune.hparams import parse_args
     from llmtune.train.run import run_sft
-    from webui import actions
-    from webui.runs import RunView
+    from llmtune.webui import actions
+    from llmtune.webui.runs import RunView
 
     run_sft(parse_args(make_config(tmp_path / "run", "lora", max_steps=3)))
     records = [json.loads(line) for line in (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()]

@@ -235,8 +235,8 @@ def eval_fields() -> tuple[Field, ...]:
 
 
 def repo_root() -> Path:
-    """The source checkout holding ``webui/`` (and ``examples/``, ``data/``)."""
-    return Path(__file__).resolve().parents[1]
+    """The source checkout holding ``src/llmtune/webui/`` (and ``examples/``, ``data/``)."""
+    return Path(__file__).resolve().parents[3]
 
 
 def dataset_names(dataset_dir: str = "data") -> list[str]:
@@ -269,11 +269,10 @@ def presets(root: Path | None = None) -> dict[str, Path]:
 
     From a source checkout, its ``examples/``; from an installed wheel, the copy inside ``llmtune``.
     """
-    folder = (root or repo_root()) / "examples"
-    if root is None and not folder.is_dir():
-        import llmtune
+    import llmtune
 
-        folder = Path(llmtune.__file__).parent / "_examples"
+    shipped = Path(llmtune.__file__).parent / "_examples"  # an installed wheel's copy
+    folder = root / "examples" if root is not None else shipped if shipped.is_dir() else repo_root() / "examples"
     found = sorted(folder.glob("train_*/*.yaml"))
     return {f"{p.parent.name}/{p.stem}": p for p in found}
 
@@ -322,7 +321,7 @@ def cached_hub_models(cache: Path | None = None) -> list[str]:
 def run_folders(launches: list | None = None) -> dict[str, list[str]]:
     """The UI's earlier training runs that saved something: ``{"models": full models (config.json),
     "adapters": adapters (adapter_config.json)}``, newest first."""
-    from webui import runs
+    from llmtune.webui import runs
 
     found: dict[str, list[str]] = {"models": [], "adapters": []}
     for record in launches if launches is not None else runs.list_launches():

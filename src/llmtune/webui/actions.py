@@ -11,8 +11,8 @@ from typing import Any
 
 from llmtune.errors import ConfigError, LlmtuneError
 from llmtune.hparams.parser import RUN_CONFIG
-from webui import command as cmd
-from webui import runs
+from llmtune.webui import command as cmd
+from llmtune.webui import runs
 
 ESTIMATE_TIMEOUT_S = 300
 
@@ -81,7 +81,7 @@ def starting_point(name: str, model: str) -> tuple[dict[str, Any], str]:
     """The form for one of the two jobs (:data:`webui.fields.STARTING_POINTS`), with ``model`` kept, and
     one line saying which data it picked: the wanted dataset when this machine has it or can download
     it, else the shipped stand-in with what to do to get the real one."""
-    from webui import fields
+    from llmtune.webui import fields
 
     point = fields.STARTING_POINTS[name]
     values = {

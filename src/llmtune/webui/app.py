@@ -1,7 +1,7 @@
 """The Gradio page: a Train tab and an Evaluate tab over llmtune's own arguments.
 
-Fields come from :mod:`webui.fields` (the dataclasses); buttons call :mod:`webui.actions`; the
-run panel re-reads the run's files every second (:mod:`webui.runs`), so a reloaded page, a second
+Fields come from :mod:`llmtune.webui.fields` (the dataclasses); buttons call :mod:`llmtune.webui.actions`; the
+run panel re-reads the run's files every second (:mod:`llmtune.webui.runs`), so a reloaded page, a second
 browser or a restarted UI shows the same run.
 """
 
@@ -16,8 +16,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls f
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from webui import actions, runs  # noqa: E402
-from webui.fields import (  # noqa: E402
+from llmtune.webui import actions, runs  # noqa: E402
+from llmtune.webui.fields import (  # noqa: E402
     STARTING_POINTS,
     Field,
     all_method_groups,
@@ -163,7 +163,7 @@ def _train_form(start: dict[str, Any]) -> SimpleNamespace:
             ui.preset = gr.Dropdown(list(presets()), value=None, label="Preset (examples/)", elem_id="preset")
             ui.load_preset = gr.Button("Load preset", elem_id="load-preset")
         ui.extra = gr.Textbox(label="Other keys (YAML, one `key: value` a line)", lines=2, elem_id="extra")
-    ui.components = [made[f.name] for f in train_fields()]  # the form's order: webui.fields.train_fields
+    ui.components = [made[f.name] for f in train_fields()]  # the form's order: fields.train_fields
     return ui
 
 

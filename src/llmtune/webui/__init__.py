@@ -1,6 +1,6 @@
 """llmtune's web UI: a Gradio page that builds, previews, starts and watches ``llmtune`` runs.
 
-Started by ``llmtune webui`` (or ``python -m webui`` from the repository root). The page runs
+Started by ``llmtune webui`` (or ``python -m llmtune.webui``). The page runs
 ``llmtune train``/``llmtune eval`` as detached processes and shows them from their files; see
 ``docs/webui.md``.
 """
@@ -13,7 +13,7 @@ DEFAULT_PORT = 7860
 
 def launch_ui(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False, block: bool = True):
     """Serve the page on ``host:port`` (loopback unless asked otherwise); ``share`` opens a Gradio link."""
-    from webui.app import create_app
+    from llmtune.webui.app import create_app
 
     if share or host not in ("127.0.0.1", "localhost", "::1"):
         # The page starts processes and writes files as this user: say so before anyone else can reach it.

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from llmtune.errors import ConfigError
-from webui.fields import ALWAYS, applies, eval_fields, field_map, train_fields
+from llmtune.webui.fields import ALWAYS, applies, eval_fields, field_map, train_fields
 
 _CONTROL = {chr(c) for c in range(32)} | {"\x7f", "\x85", "\u2028", "\u2029"}
 _KEY_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
