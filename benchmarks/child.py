@@ -19,8 +19,8 @@ from benchmarks.measure import Measure, Memory, write_result
 
 def llmtune_run(job: dict, measure: Measure) -> None:
     """``llmtune train`` on the job's config, with the measuring callback."""
+    from llmtune.arguments import parse_args
     from llmtune.errors import LlmtuneError
-    from llmtune.hparams import parse_args
     from llmtune.train.estimate import estimate_memory, load_model_config
     from llmtune.train.run import run_sft
 
@@ -56,8 +56,8 @@ def zero_shot_run(job: dict, measure: Measure) -> None:
 
 def _prepared(job: dict):
     """llmtune's arguments, tokenizer and tokenised data for the job (not measured: data prep is shared)."""
+    from llmtune.arguments import parse_args
     from llmtune.data import get_dataset
-    from llmtune.hparams import parse_args
     from llmtune.model import load_tokenizer
 
     args = parse_args(job["config"])

@@ -116,7 +116,7 @@ def run_train(job: dict) -> dict:
     """Fine-tune with the row's options on the seed's k-shot split; dev and test accuracy along the way."""
     from transformers import TrainerCallback
 
-    from llmtune.hparams import parse_args
+    from llmtune.arguments import parse_args
     from llmtune.model import load_tokenizer
     from llmtune.train.run import run_sft
 

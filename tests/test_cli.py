@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmtune.arguments import load_run_arguments
 from llmtune.cli import main
-from llmtune.hparams import load_run_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 # eval, kernel and accelerate examples are not training configs (eval and kernel have their own parsers and tests)
@@ -139,7 +139,7 @@ def test_console_script_trains_the_tiny_default(tmp_path):
 
 
 def test_docs_options_page_is_generated_from_the_dataclasses():
-    from llmtune.hparams.docs import options_markdown
+    from llmtune.options import options_markdown
 
     page = (ROOT / "docs" / "options.md").read_text()
-    assert page == options_markdown(), "regenerate: python -m llmtune.hparams.docs > docs/options.md"
+    assert page == options_markdown(), "regenerate: python -m llmtune.options > docs/options.md"

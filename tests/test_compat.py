@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from llmtune import compat
+from llmtune.arguments import parse_args
 from llmtune.errors import ConfigError
-from llmtune.hparams import parse_args
 from llmtune.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]

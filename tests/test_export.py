@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
+from llmtune.arguments import parse_args
 from llmtune.cli import main
-from llmtune.hparams import parse_args
 from llmtune.model import load_model
 
 BASE = "llmtune/tiny-llama"

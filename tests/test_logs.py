@@ -39,7 +39,7 @@ def notices_printed_here(bnb):
 @pytest.mark.parametrize(
     "argv",
     [
-        ("-m", "llmtune.hparams.docs"),  # no CLI: the notices are dropped on `import llmtune`
+        ("-m", "llmtune.options"),  # no CLI: the notices are dropped on `import llmtune`
         pytest.param(
             ("-m", "llmtune", "estimate", "--model_name_or_path", "llmtune/tiny-llama"), marks=pytest.mark.slow
         ),

@@ -74,8 +74,8 @@ def cmd_env() -> int:
 
 
 def cmd_validate(tokens: list[str]) -> int:
+    from llmtune.arguments import load_run_arguments
     from llmtune.data import check_datasets
-    from llmtune.hparams import load_run_arguments
     from llmtune.methods import get_method
     from llmtune.train.run import check_output_dir, resolve_resume
 
@@ -151,7 +151,7 @@ def cmd_chat(tokens: list[str]) -> int:
 
 
 def cmd_train(tokens: list[str]) -> int:
-    from llmtune.hparams import load_run_arguments
+    from llmtune.arguments import load_run_arguments
     from llmtune.launch import is_main_process, launch_plan, relaunch
     from llmtune.train.run import run_sft
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(llmtune.chat.__doc__)
             return 0
-        from llmtune.hparams.docs import options_text
+        from llmtune.options import options_text
 
         print(options_text())
         return 0

@@ -134,8 +134,8 @@ def test_report_has_a_row_and_a_target_line_per_configuration(smoke_results, tmp
 
 def test_filled_rows_make_every_batch_cutoff_len_tokens(tmp_path):
     """``fill_rows``: every row is cut to exactly cutoff_len tokens, so batches are equal on every runner."""
+    from llmtune.arguments import parse_args
     from llmtune.data import get_dataset
-    from llmtune.hparams import parse_args
     from llmtune.model import load_tokenizer
 
     model = bench_run.model_path("tiny")

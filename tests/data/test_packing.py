@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
+from llmtune.arguments import parse_args
 from llmtune.data.packing import IGNORE_INDEX, PackedCollator, pack_examples, prepare_model_for_packing
 from llmtune.errors import ConfigError
-from llmtune.hparams.parser import parse_args
 
 ROWS = [  # (input_ids, labels): prompt tokens -100, response tokens trained
     ([5, 6, 7, 8, 9], [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 8, 9]),

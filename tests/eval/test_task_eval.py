@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from llmtune.arguments import parse_args
 from llmtune.cli import main
-from llmtune.hparams import parse_args
 from llmtune.train.run import run_sft
 
 TINY = ["--model_name_or_path", "llmtune/tiny-llama"]

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from llmtune.arguments import load_run_arguments, parse_args
 from llmtune.errors import ConfigError, DataFileNotFoundError, NotImplementedYetError
-from llmtune.hparams.parser import load_run_arguments, parse_args, parse_cli_overrides, read_config_file
+from llmtune.hparams.parser import parse_cli_overrides, read_config_file
 
 BASE = {"model_name_or_path": "llmtune/tiny-llama", "dataset": "demo_alpaca", "output_dir": "unused"}
 
@@ -206,3 +207,20 @@ def test_llamafactory_sft_yaml_parses_with_model_and_dataset_changed(tmp_path, m
     assert args.training.lr_scheduler_type == "cosine"
     assert args.data.val_size == pytest.approx(0.1)
     assert args.training.bf16 is True
+
+
+def test_hparams_is_the_bottom_layer_and_imports_nothing_of_llmtune_above_it():
+    """Issue #20 §2: reading, coercing and checking values needs no method, model, data or machine; the
+    checks that do live in llmtune.arguments (the setup step). Function-local imports count too."""
+    import ast
+    from pathlib import Path
+
+    import llmtune.hparams
+
+    allowed = ("llmtune.hparams", "llmtune.errors")
+    for path in Path(llmtune.hparams.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                assert not name.startswith("llmtune") or name.startswith(allowed), f"{path.name} imports {name}"

@@ -26,15 +26,9 @@ from hypothesis import HealthCheck, currently_in_test_context, example, given, s
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
+from llmtune.arguments import argument_classes, load_run_arguments, parse_args
 from llmtune.errors import LlmtuneError
-from llmtune.hparams.parser import (
-    RunArguments,
-    argument_classes,
-    load_run_arguments,
-    parse_args,
-    parse_cli_overrides,
-    read_config_file,
-)
+from llmtune.hparams.parser import RunArguments, parse_cli_overrides, read_config_file
 
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", parent=settings.get_profile("default"), derandomize=True, print_blob=True)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from llmtune.arguments import parse_args
 from llmtune.errors import ConfigError
-from llmtune.hparams import parse_args
 from llmtune.train.run import run_sft
 
 BASE = {"model_name_or_path": "llmtune/tiny-llama", "dataset": "demo_alpaca"}

@@ -20,8 +20,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from llmtune.arguments import parse_args
 from llmtune.errors import ConfigError, TrainingInterrupted
-from llmtune.hparams import parse_args
 from llmtune.methods.adazeta.model import prepare_adazeta
 from llmtune.methods.adazeta.optimizer import AdaZetaOptimizer
 from llmtune.methods.adazeta.schedule import QuerySchedule, adaptive_query_count, derived_beta

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmtune.arguments import parse_args
 from llmtune.errors import CheckpointError, ConfigError
-from llmtune.hparams import parse_args
 from llmtune.methods.block.optimizer import BlockOptimizer
 from llmtune.methods.block.partition import freeze_outside, partition_blocks
 from llmtune.model import load_model

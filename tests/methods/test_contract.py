@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from llmtune.hparams import parse_args
+from llmtune.arguments import parse_args
 from llmtune.methods import METHODS, Method, register
 from llmtune.model import load_model
 from llmtune.train.run import run_sft

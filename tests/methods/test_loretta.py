@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmtune.arguments import parse_args
 from llmtune.errors import ConfigError
-from llmtune.hparams import parse_args
 from llmtune.methods.loretta import param_table
 from llmtune.methods.loretta.model import adapter_parameter_count, prepare_loretta, report_loretta
 from llmtune.model import load_model

@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from llmtune.arguments import parse_args
 from llmtune.errors import TrainingInterrupted
-from llmtune.hparams import parse_args
 from llmtune.methods import finetuning_types
 from llmtune.model import load_model
 from llmtune.train.run import run_sft

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from llmtune.hparams import parse_args
+from llmtune.arguments import parse_args
 from llmtune.methods.block.partition import freeze_outside, partition_blocks, scope_parameters
 from llmtune.methods.sparse.optimizer import RatioBlockOptimizer
 from llmtune.model import load_model

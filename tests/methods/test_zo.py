@@ -18,8 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import TrainerCallback
 
+from llmtune.arguments import parse_args
 from llmtune.errors import ConfigError, NotImplementedYetError, NumericalError, TrainingInterrupted
-from llmtune.hparams import parse_args
 from llmtune.methods.zo import objectives
 from llmtune.methods.zo.adamu import ZerothOrderAdaMU
 from llmtune.methods.zo.optimizer import ZerothOrderSGD, mix_seed
@@ -754,8 +754,8 @@ def test_the_loss_trend_guard_sees_a_slow_climb_but_not_noise():
 
 
 def test_a_climbing_zo_run_stops_with_a_hint(tmp_path, make_config):
+    from llmtune.arguments import parse_args
     from llmtune.errors import NumericalError
-    from llmtune.hparams import parse_args
     from llmtune.train.run import run_sft
 
     config = make_config(tmp_path / "out", "zo", learning_rate=3e-2, max_steps=400, zo_max_grad_ratio=0.0)

@@ -236,7 +236,7 @@ def test_count_parameters_sees_frozen_parts(tiny_args: ModelArguments) -> None:
 def test_with_bf16_frozen_weights_stay_bf16_and_trained_ones_are_fp32(
     make_config, tmp_path, finetuning_type, frozen, trained
 ):
-    from llmtune.hparams.parser import parse_args
+    from llmtune.arguments import parse_args
     from llmtune.methods import get_method
     from llmtune.model.loader import compute_dtype
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
+from llmtune.arguments import load_run_arguments, parse_args
 from llmtune.errors import ConfigError
-from llmtune.hparams import load_run_arguments, parse_args
 from llmtune.methods.block.model import setup_of_run
 from llmtune.methods.block.trainer import BlockTrainer
 from llmtune.model import load_model

@@ -24,7 +24,7 @@ LOGIT_IDS = torch.arange(3, 35).reshape(2, 16)  # fixed token ids of the tiny vo
 def main(jobs_file: str) -> None:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    from llmtune.hparams import parse_args
+    from llmtune.arguments import parse_args
     from llmtune.train.run import run_sft
 
     rank = int(os.environ["RANK"])

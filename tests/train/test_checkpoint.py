@@ -97,7 +97,7 @@ def test_verify_refuses_a_folder_without_weights(tmp_path):
 
 def test_only_rank_0_checks_and_empties_output_dir(tmp_path, monkeypatch):
     """Under torchrun the other ranks would see the folder rank 0 has just begun and refuse it."""
-    from llmtune.hparams import parse_args
+    from llmtune.arguments import parse_args
     from llmtune.train.run import check_output_dir, prepare_output_dir
 
     out = tmp_path / "out"

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llmtune.arguments import parse_args
 from llmtune.cli import main
 from llmtune.data.task_encoding import encode_choice
 from llmtune.data.tasks import load_task_examples, load_tasks
 from llmtune.errors import ConfigError
-from llmtune.hparams import ModelArguments, parse_args
+from llmtune.hparams import ModelArguments
 from llmtune.model import load_model, load_tokenizer
 from llmtune.train.classification import ClassificationCollator, classification_loss, option_scores
 from llmtune.train.run import run_sft

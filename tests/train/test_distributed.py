@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmtune.hparams import parse_args
+from llmtune.arguments import parse_args
 from llmtune.model import load_model
 from llmtune.train.run import run_sft
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmtune.arguments import parse_args
 from llmtune.cli import main
-from llmtune.hparams import parse_args
 from llmtune.methods.block.optimizer import BlockOptimizer
 from llmtune.methods.block.partition import freeze_outside, partition_blocks
 from llmtune.model import load_model
@@ -128,7 +128,7 @@ def test_train_warns_before_loading_when_the_estimate_exceeds_the_gpu(monkeypatc
 
     import torch
 
-    from llmtune.hparams import parse_args
+    from llmtune.arguments import parse_args
     from llmtune.train.estimate import warn_if_over_gpu
 
     args = parse_args(

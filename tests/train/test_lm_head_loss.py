@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from llmtune.arguments import parse_args
 from llmtune.errors import ConfigError
-from llmtune.hparams import parse_args
 from llmtune.train.run import run_sft
 from llmtune.train.trainer import resolve_lm_head_loss
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from llmtune.arguments import parse_args
 from llmtune.errors import CheckpointError, NumericalError
-from llmtune.hparams import parse_args
 from llmtune.train import checkpoint as ckpt
 from llmtune.train.callbacks import GracefulStop
 from llmtune.train.memory import OutOfMemory

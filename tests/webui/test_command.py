@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import yaml
 
+from llmtune.arguments import argument_classes, load_run_arguments, parse_args
 from llmtune.errors import ConfigError
-from llmtune.hparams.parser import argument_classes, load_run_arguments, parse_args, parse_cli_overrides
+from llmtune.hparams.parser import parse_cli_overrides
 from llmtune.webui import actions
 from llmtune.webui.command import argv_for, check_paths, train_config, validated_yaml
 from llmtune.webui.fields import field_map, method_groups, preset_values, presets, start_values

@@ -142,7 +142,7 @@ def test_one_run_at_a_time_per_ui(tmp_path):
 def test_the_progress_line_says_time_speed_loss_and_memory_from_the_runs_log(tmp_path, make_config):
     import json
 
-    from llmtune.hparams import parse_args
+    from llmtune.arguments import parse_args
     from llmtune.train.run import run_sft
     from llmtune.webui import actions
     from llmtune.webui.runs import RunView

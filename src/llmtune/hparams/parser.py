@@ -1,8 +1,10 @@
-"""The one parser: YAML file + command-line overrides -> validated argument dataclasses.
+"""The one parser: YAML file + command-line overrides -> values of the argument dataclasses' types.
 
 Option names come from the dataclasses alone (model, data, finetuning, each method's own options,
-and TRL's ``SFTConfig``); the CLI, the docs and the web UI derive from the same fields. Parsing
-never loads a model: every mistake a user can make in a config is reported here, in one line.
+and TRL's ``SFTConfig``); the CLI, the docs and the web UI derive from the same fields. This module
+reads, coerces and checks each value on its own and imports nothing of llmtune above ``hparams``: the
+checks that need the methods, the models or the machine run in :mod:`llmtune.arguments`, the setup
+step above it. Nothing here loads a model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, suggest
+from llmtune.errors import ConfigError, DataFileNotFoundError, LlmtuneError, one_of, suggest
 from llmtune.hparams.data_args import DataArguments
 from llmtune.hparams.finetuning_args import FOREIGN_STAGES, LM_HEAD_LOSSES, STAGES, FinetuningArguments
 from llmtune.hparams.model_args import ModelArguments
@@ -143,14 +145,6 @@ def parse_cli_overrides(tokens: list[str]) -> tuple[str | None, dict[str, Any]]:
 # The dataclasses and their fields
 
 
-def argument_classes() -> list[type]:
-    """Every dataclass whose fields are config keys, in the order they are documented."""
-    from llmtune.hparams.training_args import TrainingArguments
-    from llmtune.methods import method_argument_classes
-
-    return [ModelArguments, DataArguments, FinetuningArguments, *method_argument_classes(), TrainingArguments]
-
-
 def _init_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
 
@@ -258,82 +252,27 @@ def _type_name(members: list[Any]) -> str:
 # Building and validating the dataclasses
 
 
-def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArguments:
-    """Validate a merged ``{key: value}`` config and build the argument dataclasses.
+def coerce_config(config: dict[str, Any], classes: list[type]) -> tuple[dict[str, Any], dict[str, list[type]]]:
+    """The keys of ``config`` coerced to their fields' types, and which of ``classes`` own each key.
 
-    Raises a one-line :class:`~llmtune.errors.LlmtuneError` for any unknown key, bad value or
-    unsupported combination. Loads no model, tokenizer or dataset.
+    An unknown key is one line naming it (and the closest known key); a bad value one line naming the
+    key and the type it needs.
     """
-    from llmtune.methods.registry import normalise_config
-
-    config = normalise_config(dict(config))
-    classes = argument_classes()
     hints = {cls: typing.get_type_hints(cls) for cls in classes}
     owners: dict[str, list[type]] = {}
     for cls in classes:
         for f in _init_fields(cls):
             owners.setdefault(f.name, []).append(cls)
-
     unknown = [k for k in config if k not in owners]
     if unknown:
         key = unknown[0]
         more = f" (and {len(unknown) - 1} more unknown keys)" if len(unknown) > 1 else ""
         raise ConfigError(f"unknown config key {key!r}{suggest(key, owners)}{more}; see `llmtune train --help`")
-
-    given = {key: coerce(key, value, hints[owners[key][0]][key]) for key, value in config.items()}
-    from llmtune.compat import check_config
-
-    # The compatibility table (finetuning_type x engine x accumulation x precision) and the packages and
-    # devices its cell needs: refused here, before TrainingArguments imports DeepSpeed or anything loads.
-    cell = check_config(given)
-    _check_precision(given)
-
-    built: dict[type, Any] = {}
-    for cls in classes:
-        kwargs = {k: v for k, v in given.items() if cls in owners[k]}
-        if cls is classes[-1]:  # TrainingArguments
-            kwargs.setdefault("output_dir", "saves/llmtune")
-            if not _has_accelerator() and cell.engine in ("zero2", "zero3") and _is_torchrun_worker():
-                # DeepSpeed on CPU: join its process group before TrainingArguments counts the processes.
-                from llmtune.launch import join_cpu_deepspeed_group
-
-                join_cpu_deepspeed_group()
-                kwargs.setdefault("accelerator_config", {"use_configured_state": True})
-            elif not _has_accelerator():
-                # accelerate only runs torchrun ranks as one job (MULTI_CPU) when told the
-                # device is the CPU; without it every rank would train alone, unaware of the others.
-                kwargs.setdefault("use_cpu", True)
-            kwargs.setdefault("dataloader_pin_memory", _has_cuda())  # pinning without a GPU only warns
-            if not any(key in given for key in CHECKPOINTING_KEYS):  # on where a backward pass runs, unless disabled
-                kwargs["gradient_checkpointing"] = _default_checkpointing(given, built[FinetuningArguments])
-        built[cls] = _construct(cls, kwargs)
-
-    from llmtune.methods import METHODS
-
-    methods = {name: built[m.arguments] for name, m in METHODS.items() if m.arguments is not None}
-    args = RunArguments(
-        model=built[ModelArguments],
-        data=built[DataArguments],
-        finetuning=built[FinetuningArguments],
-        training=built[classes[-1]],
-        methods=methods,
-        given=given,
-    )
-    if args.training.packing:  # TRL's own packing lets rows attend to each other: llmtune packs them itself
-        args.data.neat_packing, args.training.packing = True, False
-    validate(args, for_training=for_training)
-    return args
+    return {key: coerce(key, value, hints[owners[key][0]][key]) for key, value in config.items()}, owners
 
 
-def _default_checkpointing(given: dict[str, Any], finetuning: FinetuningArguments) -> bool:
-    from llmtune.hparams.training_args import gradient_checkpointing_setting
-    from llmtune.methods import METHODS
-
-    method = METHODS.get(finetuning.finetuning_type)  # an unknown name is refused in validate()
-    return gradient_checkpointing_setting(given, finetuning.finetuning_type, method is None or method.backward)[0]
-
-
-def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
+def construct(cls: type, kwargs: dict[str, Any]) -> Any:
+    """``cls(**kwargs)``, with a library's own validation error (TrainingArguments') as one line."""
     try:
         return cls(**kwargs)
     except LlmtuneError:
@@ -345,34 +284,6 @@ def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
         raise ConfigError(f"invalid training arguments: {first}") from None
 
 
-def _check_precision(given: dict[str, Any]) -> None:
-    if given.get("bf16") or given.get("fp16"):
-        from llmtune.model import check_precision
-
-        check_precision(bool(given.get("bf16")), bool(given.get("fp16")))
-
-
-def _is_torchrun_worker() -> bool:
-    import os
-
-    from llmtune.launch import is_torchrun_worker
-
-    return is_torchrun_worker(os.environ)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    return torch.cuda.is_available() or bool(mps and mps.is_available())
-
-
 def _positive(name: str, value: float | int | None, *, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -381,23 +292,15 @@ def _positive(name: str, value: float | int | None, *, allow_zero: bool = False)
         raise ConfigError(f"{name}: {value} must be {bound}")
 
 
-def validate(args: RunArguments, *, for_training: bool = True) -> None:
-    """Cross-field checks that need no model: stage, method, ranges, template, required keys."""
-    from llmtune.data import TEMPLATES
-    from llmtune.errors import one_of
-    from llmtune.methods import get_method
-    from llmtune.model import check_model_args
-    from llmtune.model.dtypes import compute_dtype_name
-    from llmtune.model.quantization import check_quantization
-
+def check_values(args: RunArguments, *, for_training: bool = True) -> None:
+    """The checks of values and of pairs of them that need nothing but the dataclasses: the stage, the
+    ranges, the options that exclude each other, the keys a training run requires. The checks that need
+    the methods, the models or the data run in :func:`llmtune.arguments.validate`."""
     ft, data, train = args.finetuning, args.data, args.training
     if ft.stage not in STAGES:
         if ft.stage in FOREIGN_STAGES:
             raise ConfigError(f"stage: {ft.stage!r} is a LLaMA-Factory stage llmtune does not support; use: sft")
         raise one_of("stage", ft.stage, STAGES)
-    method = get_method(ft.finetuning_type)
-    if data.template not in TEMPLATES:
-        raise one_of("template", data.template, TEMPLATES)
     _positive("learning_rate", train.learning_rate)
     _positive("per_device_train_batch_size", train.per_device_train_batch_size)
     _positive("gradient_accumulation_steps", train.gradient_accumulation_steps)
@@ -409,12 +312,12 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
     _positive("weight_decay", train.weight_decay, allow_zero=True)
     if ft.lm_head_loss not in LM_HEAD_LOSSES:
         raise one_of("lm_head_loss", ft.lm_head_loss, LM_HEAD_LOSSES)
-    if data.k_shot and not args.finetuning.train_as_classification:
+    if data.k_shot and not ft.train_as_classification:
         raise ConfigError(
             "k_shot: draws k examples per class of a choice task for train_as_classification: true; "
             "set train_as_classification: true, or k_shot: 0 to train on every row as SFT"
         )
-    if data.neat_packing and args.finetuning.train_as_classification:
+    if data.neat_packing and ft.train_as_classification:
         raise ConfigError(
             "packing: not available with train_as_classification (its batches are answer options, not rows); "
             "set packing: false"
@@ -426,12 +329,3 @@ def validate(args: RunArguments, *, for_training: bool = True) -> None:
             raise ConfigError("model_name_or_path: required (a hub id, a local folder, or llmtune/tiny-llama)")
         if not data.dataset:
             raise ConfigError("dataset: required (names from dataset_info.json, comma-separated)")
-    check_model_args(args.model)
-    check_quantization(args)
-    method.check_run(args)  # the method's own combinations of options
-    args.model.compute_dtype = compute_dtype_name(bool(train.bf16), bool(train.fp16))
-
-
-def load_run_arguments(tokens: list[str], *, for_training: bool = True) -> RunArguments:
-    """``llmtune train`` argv (after the subcommand) -> validated :class:`RunArguments`."""
-    return parse_args(read_file_and_flags(tokens), for_training=for_training)

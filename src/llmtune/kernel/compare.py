@@ -76,10 +76,10 @@ def training_config(run: KernelRun, method: str, dataset: str, dataset_dir: Path
 
 def run_compare(run: KernelRun, data: Any, kernel_result: dict, say: Callable[[str], None]) -> dict[str, Any]:
     """Train and score every ``compare`` method on the kernel's split; write ``compare.md``/``compare.json``."""
+    from llmtune.arguments import parse_args
     from llmtune.eval.config import parse_eval_args
     from llmtune.eval.model import load_eval_model
     from llmtune.eval.task_eval import evaluate_task, prepare_task
-    from llmtune.hparams import parse_args
     from llmtune.train.run import run_sft
 
     out = run.output_dir / data.task.name

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from llmtune.arguments import parse_args
 from llmtune.errors import ConfigError, LlmtuneError, NotImplementedYetError
-from llmtune.hparams.parser import RunArguments, coerce, parse_args, read_file_and_flags
+from llmtune.hparams.parser import RunArguments, coerce, read_file_and_flags
 from llmtune.hparams.training_args import gradient_checkpointing_setting
 from llmtune.model.dtypes import compute_dtype_name
 from llmtune.model.quantization import (

@@ -109,7 +109,7 @@ def shown_command(argv: list[str]) -> str:
 
 def validated_yaml(config: dict[str, str]):
     """Parse ``config`` with llmtune's own parser (loads no model); returns (RunArguments, YAML text)."""
-    from llmtune.hparams.parser import parse_args
+    from llmtune.arguments import parse_args
 
     check_paths(config)
     args = parse_args(dict(config))

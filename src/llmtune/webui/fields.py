@@ -1,7 +1,7 @@
 """The web UI's form, derived from llmtune's argument dataclasses (no second list of options).
 
 Each :class:`Field` is one config key: its group (the dataclass that defines it), default, help
-text and type come from :func:`llmtune.hparams.docs.iter_options` and the dataclass type hints;
+text and type come from :func:`llmtune.options.iter_options` and the dataclass type hints;
 which method groups show for a ``finetuning_type`` comes from the method registry.
 """
 
@@ -17,8 +17,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from llmtune.hparams.docs import iter_options
-from llmtune.hparams.parser import _members, argument_classes
+from llmtune.arguments import argument_classes
+from llmtune.hparams.parser import _members
+from llmtune.options import iter_options
 
 # Keys the command always states, even at their default: they say what the run is.
 ALWAYS = ("stage", "model_name_or_path", "finetuning_type", "dataset", "template", "output_dir")
