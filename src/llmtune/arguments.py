@@ -23,6 +23,7 @@ from llmtune.hparams.model_args import ModelArguments
 from llmtune.hparams.parser import (
     CHECKPOINTING_KEYS,
     RunArguments,
+    check_stage,
     check_values,
     coerce_config,
     construct,
@@ -91,12 +92,14 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
 
 
 def validate(args: RunArguments, *, for_training: bool = True) -> None:
-    """Every check that needs no model: the values on their own (:func:`~llmtune.hparams.parser.check_values`),
-    then the method, the template, the model's name and options, quantisation and the method's own checks."""
-    check_values(args, for_training=for_training)
+    """Every check that needs no model: the stage, the method and the template (a misspelt name first), the
+    values on their own (:func:`~llmtune.hparams.parser.check_values`), the model's name and options,
+    quantisation and the method's own checks."""
+    check_stage(args.finetuning.stage)  # what the run is comes first: a misspelt name is named before any value
     method = get_method(args.finetuning.finetuning_type)
     if args.data.template not in TEMPLATES:
         raise one_of("template", args.data.template, TEMPLATES)
+    check_values(args, for_training=for_training)
     check_model_args(args.model)
     check_quantization(args)
     method.check_run(args)  # the method's own combinations of options

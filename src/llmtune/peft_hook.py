@@ -13,6 +13,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -29,16 +30,18 @@ def register_tuners() -> None:
 
 
 class _RegisterAfter(importlib.abc.Loader):
-    """PEFT's own loader, then :func:`register_tuners`."""
+    """PEFT's own loader, then :func:`register_tuners`; the finder goes once PEFT has really been imported."""
 
-    def __init__(self, loader: importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, finder: _WaitForPeft):
         self._loader = loader
+        self._finder = finder
 
     def create_module(self, spec: Any) -> Any:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
         self._loader.exec_module(module)
+        self._finder.done()
         register_tuners()
 
     def __getattr__(self, name: str) -> Any:  # resources, source and the rest: PEFT's loader answers
@@ -46,14 +49,27 @@ class _RegisterAfter(importlib.abc.Loader):
 
 
 class _WaitForPeft(importlib.abc.MetaPathFinder):
+    """Answers every lookup of ``peft`` (an existence check such as transformers' ``is_peft_available``
+    too) with PEFT's own spec, its loader wrapped; stays until an import has executed PEFT."""
+
+    def __init__(self) -> None:
+        self._looking = threading.local()  # the real lookup below must not find this finder again
+
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != "peft":
+        if fullname != "peft" or getattr(self._looking, "on", False):
             return None
-        sys.meta_path.remove(self)  # once, and the real lookup below must not find this finder again
-        spec = importlib.util.find_spec("peft")
+        self._looking.on = True
+        try:
+            spec = importlib.util.find_spec("peft")
+        finally:
+            self._looking.on = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _RegisterAfter(spec.loader)
+            spec.loader = _RegisterAfter(spec.loader, self)
         return spec
+
+    def done(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
 
 
 def install() -> None:

@@ -209,6 +209,21 @@ def test_llamafactory_sft_yaml_parses_with_model_and_dataset_changed(tmp_path, m
     assert args.training.bf16 is True
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [{"dataset": None}, {"k_shot": 4}, {"learning_rate": 0}],
+    ids=["no dataset", "k_shot without classification", "a zero learning rate"],
+)
+def test_a_misspelt_method_or_template_is_named_before_any_value(extra):
+    """What the run is comes first: a typo in finetuning_type or template is the error the user sees,
+    whatever value is also wrong."""
+    base = {"model_name_or_path": "llmtune/tiny-llama", "dataset": "demo_alpaca", **extra}
+    with pytest.raises(ConfigError, match="finetuning_type: 'lroa'.*lora"):
+        parse_args({**base, "finetuning_type": "lroa"})
+    with pytest.raises(ConfigError, match="template: 'chatm'"):
+        parse_args({**base, "template": "chatm"})
+
+
 def test_hparams_is_the_bottom_layer_and_imports_nothing_of_llmtune_above_it():
     """Issue #20 §2: reading, coercing and checking values needs no method, model, data or machine; the
     checks that do live in llmtune.arguments (the setup step). Function-local imports count too."""
@@ -219,7 +234,10 @@ def test_hparams_is_the_bottom_layer_and_imports_nothing_of_llmtune_above_it():
 
     allowed = ("llmtune.hparams", "llmtune.errors")
     for path in Path(llmtune.hparams.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        text = path.read_text(encoding="utf-8")
+        assert "import_module(" not in text and "__import__(" not in text, f"{path.name} imports by name"
+        for node in ast.walk(ast.parse(text)):
+            assert not (isinstance(node, ast.ImportFrom) and node.level), f"{path.name}: a relative import"
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
             for name in names:

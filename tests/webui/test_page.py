@@ -87,6 +87,22 @@ def test_the_sft_preview_shows_the_templated_rows_and_marks_exactly_the_trained_
         assert html.unescape(re.sub(r"</?mark>", "", row)) == tokenizer.decode(ids)  # the whole text, templated
         assert html.unescape(_marked(row)) == "".join(tokenizer.decode(trained[a:b]) for a, b in _runs(ids, labels))
 
+    # a cutoff_len inside the rows: what training drops is struck out, never marked as trained
+    short = re.findall(
+        r'<pre class="data-row">(.*?)</pre>',
+        actions.preview_data({**values, "cutoff_len": "12"}, "", rows=2),
+        flags=re.S,
+    )
+    for row, conversation in zip(short, loaded.train, strict=False):
+        ids, labels = build_example(template.encode(tokenizer, conversation, None))
+        assert len(ids) > 12  # the cut falls inside the row
+        kept, kept_labels = ids[:12], labels[:12]
+        trained = [t for t, label in zip(kept, kept_labels, strict=True) if label >= 0]
+        assert html.unescape(_marked(row)) == "".join(
+            tokenizer.decode(trained[a:b]) for a, b in _runs(kept, kept_labels)
+        )
+        assert html.unescape("".join(re.findall(r"<del>(.*?)</del>", row, flags=re.S))) == tokenizer.decode(ids[12:])
+
 
 def _runs(ids, labels):
     """(start, end) offsets into the trained tokens of each run of consecutive trained positions."""

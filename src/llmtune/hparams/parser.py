@@ -292,15 +292,19 @@ def _positive(name: str, value: float | int | None, *, allow_zero: bool = False)
         raise ConfigError(f"{name}: {value} must be {bound}")
 
 
+def check_stage(stage: str) -> None:
+    if stage not in STAGES:
+        if stage in FOREIGN_STAGES:
+            raise ConfigError(f"stage: {stage!r} is a LLaMA-Factory stage llmtune does not support; use: sft")
+        raise one_of("stage", stage, STAGES)
+
+
 def check_values(args: RunArguments, *, for_training: bool = True) -> None:
     """The checks of values and of pairs of them that need nothing but the dataclasses: the stage, the
     ranges, the options that exclude each other, the keys a training run requires. The checks that need
     the methods, the models or the data run in :func:`llmtune.arguments.validate`."""
     ft, data, train = args.finetuning, args.data, args.training
-    if ft.stage not in STAGES:
-        if ft.stage in FOREIGN_STAGES:
-            raise ConfigError(f"stage: {ft.stage!r} is a LLaMA-Factory stage llmtune does not support; use: sft")
-        raise one_of("stage", ft.stage, STAGES)
+    check_stage(ft.stage)
     _positive("learning_rate", train.learning_rate)
     _positive("per_device_train_batch_size", train.per_device_train_batch_size)
     _positive("gradient_accumulation_steps", train.gradient_accumulation_steps)

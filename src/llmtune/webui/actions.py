@@ -166,13 +166,17 @@ def _sft_rows(args: Any, rows: int) -> tuple[list[tuple[str, int]], list[str]]:
     for conversation in loaded.train[:rows]:
         pairs = template.encode(tokenizer, conversation, args.data.default_system)
         input_ids, labels = build_example(pairs, args.data.train_on_prompt, args.data.mask_history)
-        spans, start = [], 0  # runs of prompt (not trained) and trained tokens, in order
+        cutoff = args.data.cutoff_len  # training keeps the first cutoff_len tokens (llmtune.data.processor)
+        kinds = ["cut" if i >= cutoff else "trained" if label >= 0 else "prompt" for i, label in enumerate(labels)]
+        spans, start = [], 0  # runs of prompt, trained and cut-off tokens, in order
         for end in range(1, len(input_ids) + 1):
-            if end == len(input_ids) or (labels[end] < 0) != (labels[start] < 0):
+            if end == len(input_ids) or kinds[end] != kinds[start]:
                 text = html.escape(tokenizer.decode(input_ids[start:end]))
-                spans.append(text if labels[start] < 0 else f"<mark>{text}</mark>")
+                spans.append(
+                    {"prompt": text, "trained": f"<mark>{text}</mark>", "cut": f"<del>{text}</del>"}[kinds[start]]
+                )
                 start = end
-        cut = f" (cut at cutoff_len {args.data.cutoff_len})" if len(input_ids) > args.data.cutoff_len else ""
+        cut = f" (the struck-out tail is past cutoff_len {cutoff}: not trained)" if len(input_ids) > cutoff else ""
         shown.append(f'<pre class="data-row">{"".join(spans)}</pre><p>{len(input_ids)} tokens{cut}</p>')
     return [(c.name if c.split == "train" else f"{c.name} ({c.split})", c.rows) for c in loaded.report.datasets], shown
 
@@ -336,7 +340,7 @@ def compare_runs(folders: list[str]) -> tuple[Any, str]:
         cells = [f"{flat[m]:.4g}" if m in flat else "" for m in metrics]
         last_eval = f"{evals[-1]:.4f}" if evals else ""
         rows.append([folder.name, str(records[-1]["current_steps"]), f"{records[-1]['loss']:.4f}", last_eval, *cells])
-    return figure, "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    return figure, "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)
 
 
 EXPORT_TIMEOUT_S = 3600
