@@ -6,6 +6,7 @@ ICL_DEMOS = 4  # demonstrations per test example, drawn from the seed's k-shot t
 
 LORA = {"lora_rank": 8, "lora_alpha": 16, "lora_target": "q_proj,v_proj"}  # MeZO's LoRA
 ADAM = {"weight_decay": 0.0}
+ZO_CACHE = {"zo_cache_directions": True}  # full-parameter zo: z drawn once a step, not three times
 # BAdam over a whole pass of SmolLM2's 30 layers within the CPU budget: a switch every 5 steps.
 BLOCK = {"badam_switch_mode": "random", "badam_switch_interval": 5}
 
@@ -55,10 +56,11 @@ ROWS: dict[str, dict] = {
     "loretta_rep": {"kind": "train", "family": "gradient",
                     "options": {"finetuning_type": "loretta", "loretta_mode": "reparam", **ADAM},
                     "grid": [1e-4, 1e-3]},
-    "zo": {"kind": "train", "family": "zo", "options": {"finetuning_type": "zo", "zo_eps": 1e-3},
+    # zo_cache_directions: the same runs bitwise in about half the time on this CPU (docs/benchmarks/zo.md)
+    "zo": {"kind": "train", "family": "zo", "options": {"finetuning_type": "zo", "zo_eps": 1e-3, **ZO_CACHE},
            "grid": [1e-6, 1e-5]},
     "zo_accuracy": {"kind": "train", "family": "zo",
-                    "options": {"finetuning_type": "zo", "zo_eps": 1e-3, "zo_objective": "accuracy"},
+                    "options": {"finetuning_type": "zo", "zo_eps": 1e-3, "zo_objective": "accuracy", **ZO_CACHE},
                     "grid": [1e-6, 1e-5]},
     "zo_lora": {"kind": "train", "family": "zo",
                 "options": {"finetuning_type": "zo", "zo_target": "lora", "zo_eps": 1e-2, **LORA},

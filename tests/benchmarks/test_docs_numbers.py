@@ -135,3 +135,18 @@ def test_the_block_pass_section_is_its_results_files():
 
     assert pairs == 3 and f"**{statistics.median(ratios):.2f}x**" in PAGE
     assert f"{ratios[0]:.2f}x to {ratios[-1]:.2f}x" in PAGE
+
+
+def test_the_zo_cache_lines_are_its_results_file():
+    import statistics
+
+    rows = [json.loads(line) for line in (ROOT / "docs/benchmarks/zo_cache/results.jsonl").read_text().splitlines()]
+    pairs = sorted({r["pair"] for r in rows})
+    by = {(r["pair"], r["cache_directions"]): r for r in rows}
+    ratios = sorted(by[p, True]["mean_step_seconds"] / by[p, False]["mean_step_seconds"] for p in pairs)
+    assert all(by[p, True]["weights_sum"] == by[p, False]["weights_sum"] for p in pairs)
+    loads = [x for r in rows for x in r["load_average"]]
+    page = (ROOT / "docs" / "benchmarks" / "zo.md").read_text(encoding="utf-8")
+    assert f"{len(pairs)} interleaved pairs" in page and f"{statistics.median(ratios):.2f}x the uncached" in page
+    assert f"{ratios[0]:.2f}x to {ratios[-1]:.2f}x" in page and f"load {min(loads):.1f}-{max(loads):.1f}" in page
+    assert f"{by[pairs[0], True]['cache_bytes'] / 1e6:.0f} MB on SmolLM2" in page

@@ -79,6 +79,43 @@ def test_lr_zero_leaves_every_parameter_bitwise_equal(optimizer_class):
     assert_bitwise_equal(before, snapshot(model))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cached_directions_give_the_same_run_bitwise_with_a_third_of_the_draws(dtype, monkeypatch):
+    """zo_cache_directions: each step's z drawn once (not for each forward and the update), the weights and
+    losses bitwise those of the uncached run, with two queries, two micro-batches each and a skipped step."""
+    batches = [lm_batch(), {k: v.flip(0) for k, v in lm_batch().items()}]
+    draws: list[tuple] = []
+    real = ZerothOrderSGD._draw
+    monkeypatch.setattr(ZerothOrderSGD, "_draw", lambda self, *a: draws.append(a[:2]) or real(self, *a))
+
+    def run(cache: bool) -> tuple:
+        draws.clear()
+        model = tiny_model().to(dtype).eval()
+        optimizer = ZerothOrderSGD(model.parameters(), lr=1e-3, eps=1e-2, num_queries=2, cache_directions=cache)
+        seen = []
+        for step in range(3):
+            for query in range(2):
+                for batch in batches:  # the same perturbation on every micro-batch
+                    seen.append(optimizer.estimate(model, lambda b=batch: model(**b).loss / 2, query)[:2])
+            if step == 1:
+                optimizer._pending.loss_plus = float("nan")  # the guard skips this update
+            optimizer.step()
+        return snapshot(model), seen, len(draws), optimizer
+
+    runs = {cache: run(cache) for cache in (False, True)}
+    assert runs[True][1] == runs[False][1]
+    assert_bitwise_equal(runs[False][0], runs[True][0])
+    params = len(runs[True][3].params)
+    assert runs[True][2] == 3 * 2 * params  # once per step, query and parameter
+    assert runs[False][2] == 3 * 2 * 2 * 2 * params  # each forward of each micro-batch (the update draws via randn)
+    assert not runs[True][3]._cached  # nothing kept across steps
+
+
+def test_adamu_refuses_cached_directions():
+    with pytest.raises(ValueError, match="cache_directions"):
+        ZerothOrderAdaMU(tiny_model().parameters(), lr=1e-3, total_steps=10, cache_directions=True)
+
+
 def test_perturb_and_restore_is_exact_under_bf16_autocast():
     # bf16: true runs the forwards in bfloat16; the float32 weights must come back bit for bit.
     model = tiny_model().eval()

@@ -63,6 +63,7 @@ class AdaZetaTrainer(ZerothOrderTrainer):
                 eps=self.zo_args.zo_eps,
                 seed=self.args.seed,
                 max_grad_ratio=self.zo_args.zo_max_grad_ratio,
+                cache_directions=self.zo_args.zo_cache_directions,
             )
             logger.info(
                 "adazeta: queries per step Q(e) = min(max(int(%g * e^%.4f), 1), %d) over %.2f epochs: %s",

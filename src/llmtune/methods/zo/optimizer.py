@@ -107,6 +107,10 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         max_grad_ratio: skip an update whose largest ``|g_q|`` exceeds this many times the running
             mean of ``|g|`` over accepted steps (0: never). A non-finite loss is always skipped.
         chunk_numel: elements of a half-precision weight updated at a time (the float32 temporaries).
+        cache_directions: keep each step's ``z`` once drawn (one more copy of the trainable parameters)
+            instead of drawing it for each forward and again for the update: the same values bitwise, a
+            third of the random-number work (more with gradient accumulation). Off by default: MeZO's
+            point is inference memory. ZO-SGD only (subclasses that shape ``z`` refuse it).
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         seed: int = 0,
         max_grad_ratio: float = 50.0,
         chunk_numel: int = CHUNK_NUMEL,
+        cache_directions: bool = False,
     ):
         if not lr >= 0:
             raise ValueError(f"lr: {lr} must be >= 0")
@@ -126,6 +131,8 @@ class ZerothOrderSGD(torch.optim.Optimizer):
             raise ValueError(f"eps: {eps} must be > 0")
         if num_queries < 1:
             raise ValueError(f"num_queries: {num_queries} must be >= 1")
+        if cache_directions and type(self).direction is not ZerothOrderSGD.direction:
+            raise ValueError(f"cache_directions: {type(self).__name__} shapes its own directions; it cannot cache them")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.params = [p for group in self.param_groups for p in group["params"]]
         self._index = {id(p): i for i, p in enumerate(self.params)}
@@ -144,6 +151,8 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         # Reused buffers for the perturbed weights of the forwards (see perturbed): a fresh tensor per module
         # and forward cost a page-faulting allocation each time (on SmolLM2 on a CPU, most of a step).
         self._free: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        self.cache_directions = bool(cache_directions)
+        self._cached: dict[tuple[int, int], torch.Tensor] = {}  # (index, query) -> this step's z
 
     # -- the random directions --------------------------------------------------------------------
 
@@ -158,9 +167,25 @@ class ZerothOrderSGD(torch.optim.Optimizer):
 
     def _fill_direction(self, index: int, query: int, out: torch.Tensor) -> torch.Tensor:
         """``out`` filled with :meth:`direction`'s values (``torch.randn`` is ``normal_`` on a new tensor)."""
+        cached = self._cached_direction(index, query)
+        if cached is not None:
+            return out.copy_(cached)
+        return self._draw(index, query, out)
+
+    def _draw(self, index: int, query: int, out: torch.Tensor) -> torch.Tensor:
         generator = self._generator(out.device)
         generator.manual_seed(mix_seed(self.seed, self.step_count, query, index))
         return out.normal_(generator=generator)
+
+    def _cached_direction(self, index: int, query: int) -> torch.Tensor | None:
+        """This step's ``z`` of parameter ``index`` from the cache (drawn into it on first use), or None when
+        directions are not cached."""
+        if not self.cache_directions:
+            return None
+        key = (index, query)
+        if key not in self._cached:
+            self._cached[key] = self._draw(index, query, torch.empty_like(self.params[index]))
+        return self._cached[key]
 
     def _acquire(self, param: torch.Tensor) -> torch.Tensor:
         """A free flat buffer of ``param``'s device and dtype with room for it (the largest such trainable
@@ -180,6 +205,10 @@ class ZerothOrderSGD(torch.optim.Optimizer):
 
     def direction(self, index: int, query: int) -> torch.Tensor:
         """The perturbation ``z`` of parameter ``index`` (a fresh tensor the caller may overwrite)."""
+        if self.cache_directions:  # the update is its last use this step: hand the cached tensor over
+            cached = self._cached_direction(index, query)
+            del self._cached[(index, query)]
+            return cached
         return self.normal(index, query)[0]
 
     # -- the estimate ---------------------------------------------------------------------------
@@ -281,6 +310,7 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         else:
             self.consecutive_skips += 1
         self.last_report = StepReport(self.step_count, loss_plus, loss_minus, grads, skipped)
+        self._cached.clear()  # a skipped update leaves its directions behind
         self.step_count += 1
         self._pending = _Pending([0.0] * self.num_queries)
 

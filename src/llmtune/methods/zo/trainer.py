@@ -177,7 +177,7 @@ def build_optimizer(
     common = {"lr": lr, "eps": zo.zo_eps, "seed": seed, "max_grad_ratio": zo.zo_max_grad_ratio}
     if zo.zo_optimizer == "adamu":
         return ZerothOrderAdaMU(params, **common, **zo.adamu_options(), total_steps=total_steps)
-    return ZerothOrderSGD(params, **common, num_queries=zo.zo_num_queries)
+    return ZerothOrderSGD(params, **common, num_queries=zo.zo_num_queries, cache_directions=zo.zo_cache_directions)
 
 
 def _parameter_groups(trainer: LlmtuneTrainer, model: torch.nn.Module) -> list[dict]:
