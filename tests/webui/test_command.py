@@ -280,6 +280,22 @@ def test_the_chat_tab_streams_what_llmtune_chat_answers():
     assert session.load("/no/such/model").startswith("**error:**") and session.loaded is None
 
 
+def test_the_chat_tab_loads_an_adapter_run_on_the_base_it_trained_on(tmp_path, make_config):
+    """Issue #21 §3: a run folder holding an adapter, picked as the model, is its base with it applied."""
+    from llmtune.train.run import run_sft
+
+    run_sft(parse_args(make_config(tmp_path / "run", "lora", max_steps=2, learning_rate=1e-2)))
+    by_run, explicit = actions.ChatSession(), actions.ChatSession()
+    message = by_run.load(str(tmp_path / "run"), "", 8)
+    assert message.startswith("loaded llmtune/tiny-llama with adapter") and str(tmp_path / "run") in message
+    explicit.load("llmtune/tiny-llama", str(tmp_path / "run"), 8)
+    assert (
+        list(by_run.stream("Reverse the word: map", []))[-1] == list(explicit.stream("Reverse the word: map", []))[-1]
+    )
+    (tmp_path / "run" / "training_args.yaml").unlink()
+    assert "has no training_args.yaml" in actions.ChatSession().load(str(tmp_path / "run"))
+
+
 def test_the_compare_tab_draws_each_runs_losses_and_tabulates_them(tmp_path, make_config):
     import json
 

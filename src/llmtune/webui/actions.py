@@ -251,14 +251,20 @@ class ChatSession:
         self.loaded: tuple | None = None
 
     def load(self, model_path: str, adapter_path: str = "", max_new_tokens: float = 256) -> str:
-        """Load a base model, a saved run or a base with an adapter; a line that says which, or what is wrong."""
+        """Load a base model, a saved run (a full model, or an adapter run on the base its config names) or
+        a base with an adapter; a line that says which, or what is wrong."""
         from llmtune.chat import load_chat_model, load_chat_options
         from llmtune.eval.model import stop_token_ids
 
         try:
-            tokens = ["--model_name_or_path", cmd.check_value("model", (model_path or "").strip())]
-            if (adapter_path or "").strip():
-                tokens += ["--adapter_name_or_path", cmd.check_value("adapter", adapter_path.strip())]
+            model_path = cmd.check_value("model", (model_path or "").strip())
+            adapter_path = cmd.check_value("adapter", (adapter_path or "").strip())
+            run = Path(model_path).expanduser()
+            if not adapter_path and (run / "adapter_config.json").is_file() and not (run / "config.json").is_file():
+                model_path, adapter_path = run_base_model(run), str(run)  # an adapter run: its base, then it
+            tokens = ["--model_name_or_path", model_path]
+            if adapter_path:
+                tokens += ["--adapter_name_or_path", adapter_path]
             tokens += ["--max_new_tokens", str(int(max_new_tokens or 256))]
             options = load_chat_options(tokens)
             model, tokenizer, template = load_chat_model(options)
@@ -346,21 +352,26 @@ def compare_runs(folders: list[str]) -> tuple[Any, str]:
 EXPORT_TIMEOUT_S = 3600
 
 
+def run_base_model(run: Path) -> str:
+    """The base model an adapter run trained on: ``model_name_or_path`` in its saved config."""
+    import yaml
+
+    saved = run / RUN_CONFIG
+    if not saved.is_file():
+        raise ConfigError(f"run folder: '{run}' has no {RUN_CONFIG} (not a finished llmtune train run)")
+    base = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model_name_or_path")
+    if not base:
+        raise ConfigError(f"run folder: '{saved}' names no model_name_or_path")
+    return str(base)
+
+
 def export_run(run_dir: str, export_dir: str, export_dtype: str) -> str:
     """``llmtune export`` of a LoRA run: its adapter merged into the base its ``training_args.yaml`` names,
     written to ``export_dir`` (new or empty). Returns the folder, or one line saying what is wrong."""
-    import yaml
-
     try:
         run = Path(cmd.check_value("run folder", (run_dir or "").strip())).expanduser()
-        saved = run / RUN_CONFIG
-        if not saved.is_file():
-            raise ConfigError(f"run folder: '{run}' has no training_args.yaml (not a finished llmtune train run)")
-        base = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model_name_or_path")
-        if not base:
-            raise ConfigError(f"run folder: '{saved}' names no model_name_or_path")
         config = {
-            "model_name_or_path": str(base),
+            "model_name_or_path": run_base_model(run),
             "adapter_name_or_path": str(run),
             "export_dir": cmd.check_value("export_dir", (export_dir or "").strip()),
             "export_dtype": export_dtype,
