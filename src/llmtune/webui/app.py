@@ -360,11 +360,12 @@ def create_app() -> gr.Blocks:
             return shown, text, gr.update(choices=_run_choices())
 
         def on_load():  # runs that finished since the UI started are models or adapters to pick now
+            models, adapters = model_choices(), run_folders()["adapters"]  # each reads every run's record
             return (
                 gr.update(choices=_run_choices(), value=_newest()),
-                gr.update(choices=model_choices()),
-                gr.update(choices=run_folders()["adapters"]),
-                gr.update(choices=[*model_choices(), *run_folders()["adapters"]]),
+                gr.update(choices=models),
+                gr.update(choices=adapters),
+                gr.update(choices=[*models, *adapters]),
                 gr.update(choices=_run_folders()),
             )
 
