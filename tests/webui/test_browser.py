@@ -221,13 +221,15 @@ def train_to_the_end(page, output_dir: str, steps: int) -> None:
     started = re.compile(r"started run (\S+)")
     earlier = started.search(page.locator("#message").inner_text())  # an earlier start's message, if any
     page.click("#start")
-    page.wait_for_function(
-        "old => { const m = (document.querySelector('#message')?.innerText || '').match(/started run (\\S+)/); "
-        "return m !== null && m[1] !== old; }",
+    page.wait_for_function(  # this start's answer: a new run, or the one line saying why not
+        "old => { const t = document.querySelector('#message')?.innerText || ''; const m = t.match(/started run (\\S+)/); "
+        "return (m !== null && m[1] !== old) || t.includes('error:'); }",
         arg=earlier.group(1) if earlier else "",
         timeout=120_000,
     )
-    run_id = started.search(page.locator("#message").inner_text()).group(1)
+    message = page.locator("#message").inner_text()
+    assert "error:" not in message, message
+    run_id = started.search(message).group(1)
     wait_status(page, rf"finished · run {re.escape(run_id)} · .*step {steps}/{steps}", 180)
 
 

@@ -135,6 +135,11 @@ def test_one_run_at_a_time_per_ui(tmp_path):
         message = actions.start_train(state, {**start_values(), "output_dir": str(tmp_path / "b")}, "")
         assert message.startswith("**error:** a run is already going") and not (tmp_path / "b").exists()
         assert len(runs.list_launches()) == 1
+        # The run recorded its end (the page says finished) while its process still exits: not busy.
+        (tmp_path / status.STATUS_FILE).write_text(
+            json.dumps({"state": "finished", "pid": state.current.pid, "started": state.current.started + 1})
+        )
+        assert runs.alive(state.current.pid) and state.busy() is None
     finally:
         os.kill(state.current.pid, 9)
 

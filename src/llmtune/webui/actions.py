@@ -24,8 +24,9 @@ class UiState:
         self.current: runs.Launch | None = None
 
     def busy(self) -> str | None:
-        """A message when this UI's last run still runs, else None."""
-        if self.current is not None and runs.alive(self.current.pid):
+        """A message when this UI's last run still runs, else None. A run whose status file says it ended
+        (the page shows ``finished``) is done, though its process may take a few seconds more to exit."""
+        if self.current is not None and runs.view(self.current).state in ("starting", "running"):
             return f"a run is already going ({self.current.id}, pid {self.current.pid}): wait for it or abort it"
         return None
 
