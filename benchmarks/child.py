@@ -25,6 +25,8 @@ def llmtune_run(job: dict, measure: Measure) -> None:
     from llmtune.train.run import run_sft
 
     args = parse_args(job["config"])
+    if CONFIGS[job["name"]].get("all_logits"):
+        every_positions_logits()
     try:  # from the config alone, as `llmtune estimate`; not every type has a memory model
         estimate = estimate_memory(args, load_model_config(args))
         measure.extra["estimate_bytes"] = estimate.total
@@ -32,8 +34,22 @@ def llmtune_run(job: dict, measure: Measure) -> None:
     except LlmtuneError:
         pass
     result = run_sft(args, callbacks=[measure])
-    if job.get("task"):
+    if job.get("task") and job.get("score", True):
         measure.extra["task_metrics"] = task_metrics(str(result.output_dir), job["task"])
+
+
+def every_positions_logits() -> None:
+    """The code before the LM head ran only where a loss reads it (issue #19), for the "before" side of
+    the ``head`` suite: with no output embedding found, :func:`llmtune.model.head.logits_at` computes
+    every position's logits and picks the read ones, and ``zo``'s loss is the model's own loss over
+    full logits. The losses are the same to rounding; only the work differs."""
+    import llmtune.methods.zo.objectives as objectives
+    import llmtune.model.head as head
+
+    def no_head(model):
+        return None
+
+    head.output_head = objectives.output_head = no_head
 
 
 def task_metrics(model: str, task: str) -> dict:

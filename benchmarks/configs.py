@@ -86,9 +86,27 @@ CONFIGS: dict[str, dict] = {
     },
 }
 
+# LLaMA-Factory's BAdam over a whole pass, as block_pass (its switch rule, (step + 1) % 1 == 0, also
+# switches after every step)
+CONFIGS["lf_badam_pass"] = {
+    **CONFIGS["lf_badam"],
+    "options": CONFIGS["block_pass"]["options"],
+    "baseline_of": "block_pass",
+}
+
+# The "before" of computing the LM head only where a loss reads it (issue #19): the same type with every
+# position's logits computed and the read ones picked afterwards (benchmarks.child.every_position's_logits).
+HEAD_TYPES = ["full", "lora", "block", "sparse", "zo", "zo_lora", "loretta_adp", "adazeta"]
+for _name in HEAD_TYPES:
+    CONFIGS[f"{_name}_all_logits"] = {**CONFIGS[_name], "all_logits": True}
+
 MEMORY_ONLY = ("zo_master", "block_pass")  # run by their own suites only
-LLMTUNE_TYPES = [name for name, c in CONFIGS.items() if c["runner"] == "llmtune" and name not in MEMORY_ONLY]
-BASELINES = [name for name, c in CONFIGS.items() if c["runner"] in ("trl", "llamafactory")]
+LLMTUNE_TYPES = [
+    name
+    for name, c in CONFIGS.items()
+    if c["runner"] == "llmtune" and name not in MEMORY_ONLY and not c.get("all_logits")
+]
+BASELINES = [name for name, c in CONFIGS.items() if c["runner"] in ("trl", "llamafactory") and name != "lf_badam_pass"]
 ALL_CONFIGS = [*LLMTUNE_TYPES, "inference", *BASELINES]
 SCALING = ["full", "lora", "block", "zo"]
 QUALITY = [c for c in LLMTUNE_TYPES if c != "qlora" and not c.endswith("_fused")]  # every finetuning type, same budget
@@ -170,6 +188,7 @@ SUITES: dict[str, dict] = {
     },
     # BAdam's step against full's over a whole pass of SmolLM2's 30 layers (warm-up 1, then 30 steps: every
     # block once), batch 2 x 256, interleaved and repeated; also what its switches cost (switch_seconds).
+    # LLaMA-Factory's BAdam against its own full on the same batches (lf_badam_pass, lf_full).
     "block_pass": {
         "warmup": 1,
         "steps": 30,
@@ -178,7 +197,35 @@ SUITES: dict[str, dict] = {
         "bf16": False,
         "dataset": "alpaca_en_demo",
         "fill_rows": True,
-        "groups": [{"models": ["smollm2"], "lengths": [256], "configs": ["block_pass", "full"]}],
+        "groups": [
+            {"models": ["smollm2"], "lengths": [256], "configs": ["block_pass", "full", "lf_badam_pass", "lf_full"]}
+        ],
+    },
+    # Each type's step with the LM head only at the positions its loss reads, against the same type
+    # computing every position's logits (the code before issue #19), in turn: SFT on the demo rows as
+    # they are (prompt and padding positions are not read), and classification on a task (a few option
+    # positions per row are read). No scoring after training: the step is what is measured.
+    "head": {
+        "warmup": 1,
+        "steps": 3,
+        "repeats": 2,
+        "batch": 4,
+        "bf16": False,
+        "dataset": "alpaca_en_demo",
+        "groups": [
+            {
+                "models": ["smollm2"],
+                "lengths": [256],
+                "configs": [c for t in HEAD_TYPES for c in (t, f"{t}_all_logits")],
+            },
+            {
+                "models": ["smollm2"],
+                "lengths": [256],
+                "configs": [c for t in ("full", "lora", "zo") for c in (t, f"{t}_all_logits")],
+                "task": "demo_sst2",
+                "score": False,
+            },
+        ],
     },
     "quality": {  # loss curves of every llmtune finetuning type on SmolLM2, on the same budget
         "warmup": 0,

@@ -23,7 +23,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.configs import CONFIGS, MODELS
+from benchmarks.configs import CONFIGS, HEAD_TYPES, MODELS
 
 MIB = 2**20
 
@@ -46,6 +46,17 @@ TARGETS = [
     ("sparse / badam ratio step time, same loss path", "sparse_fused", "badam_ratio", "step_seconds", 1.0),
     ("sparse / badam ratio peak, same loss path", "sparse_fused", "badam_ratio", "peak_rise_bytes", 1.0),
     ("block / full mean step time over a whole pass of the blocks", "block_pass", "full", "mean_step_seconds", 0.4),
+    (
+        "LLaMA-Factory's BAdam / its full, mean step time over a whole pass",
+        "lf_badam_pass",
+        "lf_full",
+        "mean_step_seconds",
+        None,
+    ),
+    *[
+        ("LM head only where read / every position's logits, step time", t, f"{t}_all_logits", "step_seconds", None)
+        for t in HEAD_TYPES
+    ],
     ("block peak / full peak", "block", "full", "peak_rise_bytes", 1.0),
     ("sparse peak / full peak", "sparse", "full", "peak_rise_bytes", 1.0),
     ("zo peak / inference peak", "zo", "inference", "peak_rise_bytes", 1.1),

@@ -184,8 +184,10 @@ def run_one(
     task: str | None = None,
     repeat: int = 0,
     bf16: bool | None = None,
+    score: bool = True,
 ) -> dict:
     """Run one configuration in a fresh process; the measurements, or ``error`` saying why there are none.
+    With a ``task``, the trained model is scored on it afterwards unless ``score`` is false.
 
     The record carries the 1-minute load average before and after the run and the CPU count: a run
     whose load exceeded 1.5 times the CPUs shared the machine with other work (the report leaves it out of ratios).
@@ -208,6 +210,7 @@ def run_one(
         "model_path": path,
         "warmup": suite["warmup"],
         "task": task,
+        "score": score,
         "config": job_config(name, path, length, suite, dataset, run_dir / "out", task, bf16),
     }
     job_path, result_path = run_dir / "job.json", run_dir / "result.json"
@@ -347,7 +350,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{model}: rows not filled ({error})", file=sys.stderr)
                     filled[model, length] = dataset
             rows = filled[model, length]
-        result = run_one(name, model, length, suite, rows, work, args.timeout, task, repeat, group.get("bf16"))
+        result = run_one(
+            name,
+            model,
+            length,
+            suite,
+            rows,
+            work,
+            args.timeout,
+            task,
+            repeat,
+            group.get("bf16"),
+            group.get("score", True),
+        )
         with results_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(result) + "\n")
         shown = result.get("error") or f"{result.get('step_seconds')} s/step, loss {result.get('final_loss')}"

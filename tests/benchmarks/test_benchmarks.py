@@ -174,3 +174,41 @@ def test_a_task_group_trains_as_classification_and_scores_after(tmp_path):
     (report_dir / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     text = write_report(report_dir).read_text()
     assert "trained as classification on `demo_sst2`" in text and "| zero_shot | 0 (no training) |" in text
+
+
+@pytest.mark.parametrize(("name", "task"), [("full", None), ("zo", None), ("lora", "demo_sst2")])
+def test_the_head_suites_before_side_is_the_same_run_with_every_positions_logits(name, task, tmp_path, monkeypatch):
+    """``T_all_logits`` (the head suite's "before"): the same losses as ``T``, but the LM head computes
+    every position, not only the ones the loss reads."""
+    import torch
+
+    import llmtune.methods.zo.objectives as objectives
+    import llmtune.model.head as head
+
+    monkeypatch.setattr(head, "output_head", head.output_head)  # restored after the test
+    monkeypatch.setattr(objectives, "output_head", objectives.output_head)
+    from transformers import AutoConfig
+
+    vocabulary = AutoConfig.from_pretrained(bench_run.model_path("tiny")).vocab_size
+    results, head_rows = {}, {}
+    for config in (name, f"{name}_all_logits"):
+        job = {**_job(config, tmp_path), "task": task, "score": False}
+        if task:
+            job["config"] = bench_run.job_config(config, job["model_path"], 64, SMOKE, None, tmp_path / config, task)
+        job["config"]["max_steps"] = 2
+        rows = []
+
+        def count(module, args, output, rows=rows):  # the LM head's output: [..., vocabulary]
+            if isinstance(module, torch.nn.Linear) and output.shape[-1] == vocabulary:
+                rows.append(output.numel() // vocabulary)
+
+        handle = torch.nn.modules.module.register_module_forward_hook(count)
+        try:
+            measure = Measure(warmup=0)
+            RUNNERS["llmtune"](job, measure)
+        finally:
+            handle.remove()
+        results[config], head_rows[config] = measure.result(), sum(rows)
+    assert results[f"{name}_all_logits"]["final_loss"] == pytest.approx(results[name]["final_loss"], rel=1e-5)
+    assert head_rows[f"{name}_all_logits"] > 2 * head_rows[name] > 0
+    assert "task_metrics" not in results[name]  # score: False, the step alone is measured
