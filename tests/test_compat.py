@@ -83,9 +83,9 @@ def test_every_refused_cell_refuses_in_one_line_and_every_other_cell_passes():
             refused += 1
         else:
             assert compat.check_config(config_for(cell), world_size=world_size_for(cell), has_gpu=True) == cell
-    # block, sparse, zo and adazeta x 3 sharded engines (DDP is tested) x 6 columns, and sparse fp16 alone
-    # in one process and under DDP x 2 accumulation columns ...
-    unquantised = (3 + 3 + 2 * 3) * 6 + 2 * 2
+    # block x 2 sharded engines (ZeRO-2, FSDP; ZeRO-3 and DDP are tested), sparse, zo and adazeta x 3 sharded
+    # engines, x 6 columns, and sparse fp16 alone in one process and under DDP x 2 accumulation columns ...
+    unquantised = (2 + 3 + 2 * 3) * 6 + 2 * 2
     # ... and quantised (x 2 bit widths): full, block, sparse everywhere (5 engines x 6 columns), zo and adazeta
     # under the 3 sharded engines as unquantised
     assert refused == unquantised + 2 * (3 * 5 * 6 + 2 * 3 * 6)

@@ -112,14 +112,15 @@ MULTI = ("ddp", "zero2", "zero3", "fsdp")
 RULES: list[Rule] = [
     Rule(
         "block",
-        SHARDED,
+        ("zero2", "fsdp"),
         ANY,
         ANY,
         "refused",
-        "BAdam changes which parameters train every badam_switch_interval steps, but ZeRO and FSDP build their "
-        "partitions of gradients and optimizer states for the parameters trainable when training starts; use DDP "
-        "(NPROC_PER_NODE without deepspeed/fsdp: the active block's gradients are averaged across processes), one "
-        "GPU (llmtune estimate: Llama-3-8B fits 24 GB), or lora or full with deepspeed",
+        "BAdam changes which parameters train every badam_switch_interval steps, but ZeRO-2 and FSDP build their "
+        "partitions of gradients and optimizer states for the parameters trainable when training starts; use "
+        "DeepSpeed ZeRO-3 (its partitions are rebuilt at each switch), DDP (NPROC_PER_NODE without "
+        "deepspeed/fsdp: the active block's gradients are averaged across processes), or one GPU (llmtune "
+        "estimate: Llama-3-8B fits 24 GB)",
     ),
     Rule(
         "sparse",
@@ -223,6 +224,7 @@ RULES: list[Rule] = [
         f"{DIST}::test_block_under_ddp_matches_one_process_and_switches_on_both_ranks",
     ),
     Rule("block", "ddp", ">1", "fp32", "tested", f"{DIST}::test_block_and_sparse_under_ddp_match_one_process"),
+    Rule("block", "zero3", "1", "fp32", "tested", f"{DIST}::test_block_under_zero3_matches_one_process_and_resumes"),
     Rule("sparse", "ddp", ANY, "fp32", "tested", f"{DIST}::test_block_and_sparse_under_ddp_match_one_process"),
     Rule(
         "adazeta",

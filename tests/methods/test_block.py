@@ -271,8 +271,11 @@ def test_llamafactory_use_badam_becomes_block_or_sparse_with_its_own_defaults(ma
             "badam_switch_interval: 0 must be a positive number of steps, or -1 to never switch",
         ),
         (
-            {"finetuning_type": "block", "deepspeed": "ds_z3.json"},
-            "deepspeed: finetuning_type: block under DeepSpeed ZeRO-3 is not supported: BAdam changes which parameters",
+            {
+                "finetuning_type": "block",
+                "deepspeed": str(Path(__file__).resolve().parents[2] / "examples" / "deepspeed" / "ds_z2_config.json"),
+            },
+            "deepspeed: finetuning_type: block under DeepSpeed ZeRO-0/1/2 is not supported: BAdam changes which",
         ),
         (
             {"finetuning_type": "sparse", "fp16": "true"},

@@ -80,6 +80,7 @@ def two_ranks(tmp_path_factory, make_config_module):
     zero3 = {"per_device_train_batch_size": 4, "deepspeed": z3}
     accum = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}  # still 8 a step
     step2 = str(where / "full_z3" / "checkpoint-2")  # written by the full_z3 job, resumed by the next one
+    block_step2 = str(where / "block_z3" / "checkpoint-2")
     jobs = [
         {"name": "zo_ddp", "config": job_config(make, where, "zo_ddp", "zo", learning_rate=1e-3), "record": "params"},
         {"name": "full_ddp", "config": job_config(make, where, "full_ddp", "full", per_device_train_batch_size=4)},
@@ -105,6 +106,17 @@ def two_ranks(tmp_path_factory, make_config_module):
         {
             "name": "full_z3_resumed",
             "config": job_config(make, where, "full_z3_resumed", "full", resume_from_checkpoint=step2, **zero3),
+        },
+        # BAdam under ZeRO-3, switching every step; saved at step 2 (after the switch to the third block)
+        {
+            "name": "block_z3",
+            "config": job_config(make, where, "block_z3", "block", save_steps=2, **BLOCK, deepspeed=z3),
+        },
+        {
+            "name": "block_z3_resumed",
+            "config": job_config(
+                make, where, "block_z3_resumed", "block", **BLOCK, deepspeed=z3, resume_from_checkpoint=block_step2
+            ),
         },
         {"name": "lora_z3", "config": job_config(make, where, "lora_z3", "lora", deepspeed=z3), "record": "logits"},
         {
@@ -207,6 +219,35 @@ def test_block_under_ddp_matches_one_process_and_switches_on_both_ranks(two_rank
         two = [r[key] for r in logged if "loss" in r]
         one = [r[key] for r in result.log_history if "loss" in r]
         assert len(two) == STEPS and two == pytest.approx(one, rel=1e-4), key
+
+
+def test_block_under_zero3_matches_one_process_and_resumes(two_ranks, tmp_path, make_config):
+    """ZeRO-3's partitions, fp32 masters and gradient hooks are rebuilt at every switch: 3 steps train 3
+    blocks with the losses and gradient norms of one process with the same global batch of 8. Resumed
+    from step 2 (a checkpoint written after the switch to the third block, so the run starts on the first
+    block and the loaded state switches it), step 3 ends at the uninterrupted run's weights."""
+    config = job_config(make_config, tmp_path, "one", "block", **{**BLOCK, "per_device_train_batch_size": 8})
+    initial = {n: p.detach().clone() for n, p in load_model(parse_args(config).model).named_parameters()}
+    result = run_sft(parse_args(config))
+    logged = [json.loads(line) for line in (two_ranks / "block_z3" / "trainer_log.jsonl").read_text().splitlines()]
+    for key in ("loss", "grad_norm"):
+        two = [r[key] for r in logged if "loss" in r]
+        one = [r[key] for r in result.log_history if "loss" in r]
+        assert len(two) == STEPS and two == pytest.approx(one, rel=1e-4), key
+    saved = saved_weights(two_ranks / "block_z3")
+    # the same parameters moved as on one process: a block per step, later ones activated after the engine was built
+    moved = {n for n in initial if not torch.equal(saved[n].float(), initial[n])}
+    moved_one = {n for n, p in result.model.named_parameters() if not torch.equal(p.detach(), initial[n])}
+    assert moved == moved_one and len({n.split(".")[2] for n in moved if "layers." in n}) >= 2, moved
+    assert (two_ranks / "block_z3" / "checkpoint-2" / "global_step2").is_dir()
+    resumed = saved_weights(two_ranks / "block_z3_resumed")
+    for key, value in saved.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6, msg=key)
+    logged = [
+        json.loads(line) for line in (two_ranks / "block_z3_resumed" / "trainer_log.jsonl").read_text().splitlines()
+    ]
+    one_loss = [r["loss"] for r in result.log_history if "loss" in r][-1]
+    assert [(r["current_steps"], r["loss"]) for r in logged if "loss" in r] == [(3, pytest.approx(one_loss, rel=1e-4))]
 
 
 @pytest.mark.parametrize(

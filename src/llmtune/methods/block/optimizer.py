@@ -35,6 +35,7 @@ import torch
 from llmtune.errors import CheckpointError, ConfigError, one_of
 from llmtune.methods.block.config import SWITCH_MODES
 from llmtune.methods.block.partition import ParamBlock, is_no_decay, scope_parameters
+from llmtune.methods.block.zero3 import repartition, zero3_optimizer
 
 logger = logging.getLogger("llmtune")
 
@@ -57,6 +58,10 @@ class BlockOptimizer(torch.optim.Optimizer):
         seed: seeds the random orders: the permutation of pass ``k`` depends on ``(seed, k)`` only.
         base_optimizer: the optimizer class run on the active block (``torch.optim.AdamW``).
         verbose: 0 silent, 1 log each switch, 2 also log the parameter names.
+        zero3: the optimizer DeepSpeed ZeRO-3 wraps (:mod:`llmtune.methods.block.zero3`): DeepSpeed keeps
+            the fp32 masters and calls :meth:`step` once per partition group with that group's fp32
+            partition in ``param_groups``; the trainer calls :meth:`finish_step` after each optimizer
+            step, and a switch rebuilds DeepSpeed's partitions for the new block.
         **base_kwargs: passed to ``base_optimizer`` (``betas``, ``eps``, ``fused``, ...).
     """
 
@@ -72,6 +77,7 @@ class BlockOptimizer(torch.optim.Optimizer):
         seed: int = 0,
         base_optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
         verbose: int = 0,
+        zero3: bool = False,
         **base_kwargs: Any,
     ):
         if not blocks:
@@ -89,13 +95,19 @@ class BlockOptimizer(torch.optim.Optimizer):
         self.seed = int(seed)
         self.verbose = verbose
         self.base_optimizer_class = base_optimizer
+        self.zero3 = zero3
 
         scope = scope_parameters(self.blocks)
+        self._scope = [param for _, param in scope]
         self._group_of = {id(p): NO_DECAY if is_no_decay(n, p) else DECAY for n, p in scope}
         groups = [
             {"params": [p for _, p in scope if self._group_of[id(p)] == DECAY], "weight_decay": weight_decay},
             {"params": [p for _, p in scope if self._group_of[id(p)] == NO_DECAY], "weight_decay": 0.0},
         ]
+        if zero3:  # DeepSpeed drops empty groups when it wraps this optimizer: their indices must not move
+            groups = [group for group in groups if group["params"]]
+            self._group_of = {id(p): i for i, group in enumerate(groups) for p in group["params"]}
+        self._group_params = [list(group["params"]) for group in groups]  # every scope parameter, by group
         super().__init__(groups, {"lr": lr, "weight_decay": weight_decay, **base_kwargs})
 
         self.global_step = 0  # optimizer steps taken
@@ -141,6 +153,10 @@ class BlockOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.zero3:  # one partition group's step; DeepSpeed copies the fp32 partition back itself
+            self._sync_zero3()
+            self.base.step()
+            return loss
         self._sync_hyperparameters()
         for param, master in self._masters:
             if param.grad is not None:
@@ -150,11 +166,22 @@ class BlockOptimizer(torch.optim.Optimizer):
         for param, master in self._masters:
             param.copy_(master)
             master.grad = None
+        self.finish_step()
+        return loss
+
+    def finish_step(self) -> None:
+        """Count an optimizer step and switch blocks when the active one has had ``switch_every``.
+        Called by :meth:`step`; under ZeRO-3 by the trainer once DeepSpeed's whole step is done."""
         self.global_step += 1
         self.steps_in_block += 1
         if self.switch_every and self.switch_mode != "fixed" and self.steps_in_block >= self.switch_every:
             self._advance()
-        return loss
+
+    def _sync_zero3(self) -> None:
+        # DeepSpeed puts a partition group's fp32 partition into this optimizer's groups (and the LR
+        # scheduler its rates): the base optimizer's groups follow, index for index.
+        for own, base in zip(self.param_groups, self.base.param_groups, strict=True):
+            base.update(own)
 
     def _sync_hyperparameters(self) -> None:
         # The LR scheduler (and a user) change this optimizer's groups; the base optimizer follows them.
@@ -197,11 +224,14 @@ class BlockOptimizer(torch.optim.Optimizer):
         """Make block ``index`` the only trainable one, with fresh masters and fresh optimizer state."""
         self.__dict__.pop("base", None)  # free the previous block's state and masters before making new ones
         self._masters = []
-        for group in self.param_groups:
-            for param in group["params"]:
-                param.requires_grad_(False)
-                param.grad = None
+        for param in self._scope:
+            param.requires_grad_(False)
+            param.grad = None
+        self._active = index
         block = self.blocks[index]
+        if self.zero3:
+            self._activate_zero3(block)
+            return
         targets: list[list[torch.Tensor]] = [[], []]
         for _, param in block.params:
             param.requires_grad_(True)
@@ -216,6 +246,25 @@ class BlockOptimizer(torch.optim.Optimizer):
             if params
         ]
         self.base = self.base_optimizer_class(groups, **self.defaults)
+        self._log_activation(index)
+
+    def _activate_zero3(self, block: ParamBlock) -> None:
+        # DeepSpeed reads the trainable parameters from this optimizer's groups (decay, no decay: their
+        # indices are how it maps its partitions back) and steps them through the base optimizer, which
+        # follows (_sync_zero3); then DeepSpeed's partitions are rebuilt for them (none before the engine exists).
+        for group, params in zip(self.param_groups, self._group_params, strict=True):
+            group["params"] = list(params)  # DeepSpeed takes the trainable ones: never an empty group
+        for _, param in block.params:
+            param.requires_grad_(True)
+        hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.param_groups]
+        self.base = self.base_optimizer_class([{**h, "params": []} for h in hyper], **self.defaults)
+        ds = zero3_optimizer(self._scope)
+        if ds is not None:
+            repartition(ds)
+        self._log_activation(self.blocks.index(block))
+
+    def _log_activation(self, index: int) -> None:
+        block = self.blocks[index]
         if self.verbose:
             logger.info(
                 "BAdam: training block %d/%d (%s, %s parameters) from step %d",
@@ -232,6 +281,8 @@ class BlockOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state, the fp32 masters, and where the block schedule stands."""
+        if self.zero3:  # DeepSpeed has put every partition group's fp32 partition into the groups
+            self._sync_zero3()
         return {
             "badam": {
                 "kind": "block",
@@ -252,17 +303,32 @@ class BlockOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`: the same block, step counters, masters and Adam state."""
-        schedule = saved_schedule(state_dict, "block", [block.name for block in self.blocks])
-        self.switch_mode = schedule["switch_mode"]
-        self.order = [int(i) for i in schedule["order"]]
-        for key in ("position", "pass_index", "steps_in_block", "global_step", "switches", "seed"):
-            setattr(self, key, int(schedule[key]))
+        self.resume_schedule(state_dict.get("badam") if isinstance(state_dict, dict) else None)
         for group, saved in zip(self.param_groups, state_dict["param_groups"], strict=True):
             group.update(saved)
+        if self.zero3:  # DeepSpeed has put the (now active) block's fp32 partitions into the groups
+            self._sync_zero3()
+            self.base.load_state_dict(state_dict["base"])
+            return
         self._activate(self.current_block)
         for (_, master), saved in zip(self._masters, state_dict["masters"], strict=True):
             master.copy_(saved)
         self.base.load_state_dict(state_dict["base"])
+
+    def resume_schedule(self, schedule: dict[str, Any] | None) -> None:
+        """Take the block schedule of a saved state (its ``badam`` part). Under ZeRO-3, where DeepSpeed is
+        loading the state, also make its block the active one now: the partitions are rebuilt for it and
+        its fp32 partitions put into the groups, for DeepSpeed to copy the saved ones into."""
+        schedule = saved_schedule({"badam": schedule}, "block", [block.name for block in self.blocks])
+        self.switch_mode = schedule["switch_mode"]
+        self.order = [int(i) for i in schedule["order"]]
+        for key in ("position", "pass_index", "steps_in_block", "global_step", "switches", "seed"):
+            setattr(self, key, int(schedule[key]))
+        if self.zero3 and self._active != self.current_block:
+            self._activate(self.current_block)
+            ds = zero3_optimizer(self._scope)
+            if ds is not None:  # DeepSpeed is loading this state: its groups hold the new fp32 partitions
+                ds._set_fp32_optimizer_param_groups()
 
 
 def saved_schedule(state_dict: dict[str, Any], kind: str, names: list[str]) -> dict[str, Any]:

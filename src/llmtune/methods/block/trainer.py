@@ -4,7 +4,9 @@ It overrides ``create_optimizer`` (and, when activation checkpointing is on, dro
 makes the frozen embedding's output require a gradient), and under DDP ``training_step``: DDP's
 reducer knows only the parameters trainable when it was built, so it is kept out of the way (every
 micro-batch runs under ``no_sync``) and the active block's gradients are averaged across processes
-here in one all-reduce at the end of each accumulation, before clipping and the step. The
+here in one all-reduce at the end of each accumulation, before clipping and the step. Under
+DeepSpeed ZeRO-3 DeepSpeed steps the optimizer and its partitions are rebuilt at each switch
+(:mod:`llmtune.methods.block.zero3`). The
 optimizer (and with it the block schedule, the fp32 masters and the Adam state of the active block)
 is saved into every checkpoint's ``optimizer.pt`` by the Trainer as any optimizer is, and restored
 from it on resume.
@@ -15,12 +17,14 @@ from __future__ import annotations
 import logging
 
 import torch
+from transformers import TrainerCallback
 
 from llmtune.errors import ConfigError
 from llmtune.methods.block.config import BlockArguments
 from llmtune.methods.block.model import BadamSetup, badam_setup, setup_of_run
 from llmtune.methods.block.normalise import refuse_unsupported
 from llmtune.methods.block.optimizer import HALF_DTYPES, BlockOptimizer
+from llmtune.methods.block.zero3 import check_supported, zero3_optimizer
 from llmtune.train.memory import estimate_training_bytes
 from llmtune.train.trainer import LlmtuneTrainer
 
@@ -49,7 +53,7 @@ class BlockTrainer(LlmtuneTrainer):
         super().__init__(*args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.args.world_size <= 1 or not hasattr(model, "no_sync"):
+        if self.args.world_size <= 1 or self.is_deepspeed_enabled or not hasattr(model, "no_sync"):
             return super().training_step(model, inputs, num_items_in_batch)
         with model.no_sync():  # DDP's reducer never syncs: it knows only the first block's parameters
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -73,15 +77,22 @@ class BlockTrainer(LlmtuneTrainer):
                 {"deepspeed": self.args.deepspeed, "fsdp": self.args.fsdp, "fp16": self.args.fp16},
                 world_size=self.args.world_size,
             )
-            self.optimizer = self.build_optimizer(setup, self.args)
+            self.optimizer = self.build_optimizer(setup, self.args, zero3=self._zero3())
+            if self._zero3():  # DeepSpeed runs the step; the block schedule moves on after it
+                self.add_callback(FinishStepAfterDeepSpeed(self.optimizer))
             self._stop_backward_at_the_active_block()
             self._warn_about_untrained_blocks(setup)
         return self.optimizer
 
+    def _zero3(self) -> bool:
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
+        return plugin is not None and plugin.zero_stage == 3
+
     @classmethod
-    def build_optimizer(cls, setup: BadamSetup, args) -> torch.optim.Optimizer:
+    def build_optimizer(cls, setup: BadamSetup, args, zero3: bool = False) -> torch.optim.Optimizer:
         """A :class:`BlockOptimizer` running ``args.optim`` (AdamW by default) on each block; ``args``
-        are the TrainingArguments (usable without a trainer, e.g. by the benchmark)."""
+        are the TrainingArguments (usable without a trainer, e.g. by the benchmark). ``zero3``: the
+        optimizer DeepSpeed ZeRO-3 wraps (see :mod:`llmtune.methods.block.zero3`)."""
         base_class, base_kwargs = cls.get_optimizer_cls_and_kwargs(args)
         if any(key in base_kwargs for key in _WHOLE_MODEL_KEYS) or not isinstance(base_class, type):
             optim = str(getattr(args.optim, "value", args.optim))
@@ -96,6 +107,7 @@ class BlockTrainer(LlmtuneTrainer):
             seed=setup.seed,
             base_optimizer=base_class,
             verbose=options.badam_verbose,
+            zero3=zero3,
             **base_kwargs,
         )
 
@@ -137,6 +149,22 @@ class BlockTrainer(LlmtuneTrainer):
         estimate["trainable_at_once"] = largest.numel
         estimate["optimized_numels"] = [param.numel() for _, param in largest.params]  # for 8-bit state sizes
         return estimate
+
+
+class FinishStepAfterDeepSpeed(TrainerCallback):
+    """Under ZeRO-3 DeepSpeed steps the optimizer partition group by partition group: the step is counted,
+    and the block switched, once the whole step is done."""
+
+    def __init__(self, optimizer: BlockOptimizer):
+        self.optimizer = optimizer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        ds = zero3_optimizer(self.optimizer._scope)
+        if ds is not None:
+            check_supported(ds)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.optimizer.finish_step()
 
 
 def average_across_processes(grads: list[torch.Tensor]) -> None:

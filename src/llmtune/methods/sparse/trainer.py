@@ -38,8 +38,9 @@ class SparseTrainer(BlockTrainer):
         self.add_callback(_DetachGradientHooks())
 
     @classmethod
-    def build_optimizer(cls, setup: BadamSetup, args) -> torch.optim.Optimizer:
-        """A :class:`RatioBlockOptimizer` with the AdamW hyperparameters of ``args`` (the TrainingArguments)."""
+    def build_optimizer(cls, setup: BadamSetup, args, zero3: bool = False) -> torch.optim.Optimizer:
+        """A :class:`RatioBlockOptimizer` with the AdamW hyperparameters of ``args`` (the TrainingArguments);
+        ``zero3`` is always false here: the compatibility table refuses sparse under ZeRO."""
         optim = str(getattr(args.optim, "value", args.optim))
         if not optim.startswith("adamw"):
             logger.warning("optim: %r is ignored: finetuning_type: sparse runs its own AdamW", optim)
