@@ -25,11 +25,12 @@ from typing import Any
 
 from llmtune.errors import ConfigError
 from llmtune.hparams.truth import is_true
+from llmtune.launch import launch_plan
+from llmtune.methods import finetuning_types as registered
 
 
 def finetuning_types() -> tuple[str, ...]:
     """The table's rows: every registered ``finetuning_type`` (a method added to the registry appears here)."""
-    from llmtune.methods import finetuning_types as registered
 
     return registered()
 
@@ -352,7 +353,6 @@ def planned_world_size() -> int:
     """Processes this run has or will have: torchrun's WORLD_SIZE, else NPROC_PER_NODE x NNODES, else 1."""
     if os.environ.get("WORLD_SIZE"):
         return int(os.environ["WORLD_SIZE"])
-    from llmtune.launch import launch_plan
 
     plan = launch_plan(os.environ)
     return plan.world_size if plan else 1

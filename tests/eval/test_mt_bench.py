@@ -74,9 +74,9 @@ def files_text(folder: Path) -> str:
 @pytest.fixture
 def count_generate(monkeypatch):
     """Count the model's generate calls (one per batch and turn); ``calls.fail_at`` raises Ctrl-C there."""
-    import llmtune.eval.model as model_module
+    import llmtune.eval.mt_bench as mt_bench_module
 
-    real = model_module.generate
+    real = mt_bench_module.generate
     calls: list[int] = []
 
     def counted(*args, **kwargs):
@@ -85,7 +85,7 @@ def count_generate(monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model_module, "generate", counted)
+    monkeypatch.setattr(mt_bench_module, "generate", counted)
     counted.calls = calls
     return counted
 

@@ -261,20 +261,20 @@ def test_the_chat_tab_streams_what_llmtune_chat_answers():
     history = chat_loop(model, tokenizer, template, options, ["Name three colours."], io.StringIO())
     assert answer == history[-1]["content"]
     # a second turn keeps the first: the prompt generated from is the whole conversation in the chat template
-    import llmtune.eval.model as eval_model
+    import llmtune.webui.actions as actions_module
     from llmtune.chat import prompt_ids
 
-    seen, real = [], eval_model.generate
+    seen, real = [], actions_module.generate
 
     def recording(model_, tokenizer_, prompts, *args, **kwargs):
         seen.append(prompts[0])
         return real(model_, tokenizer_, prompts, *args, **kwargs)
 
-    eval_model.generate = recording
+    actions_module.generate = recording
     try:
         second = list(session.stream("And three more?", steps[-1]))[-1]
     finally:
-        eval_model.generate = real
+        actions_module.generate = real
     assert [m["role"] for m in second] == ["user", "assistant", "user", "assistant"]
     assert seen == [prompt_ids(template, tokenizer, second[:3], None)]
     assert session.load("/no/such/model").startswith("**error:**") and session.loaded is None

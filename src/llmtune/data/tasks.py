@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import llmtune
 from llmtune.data.corpora import CORPORA
 from llmtune.data.readers import RawTable, has_surrogate, list_data_files, read_table, table_from_records
 from llmtune.data.registry import DEFAULT_DATASET_DIR, REGISTRY_FILE, resolve_dataset_dir
@@ -215,8 +216,6 @@ def load_tasks(dataset_dir: str | Path = DEFAULT_DATASET_DIR) -> dict[str, Task]
 
 def _shipped_dir() -> Path:
     """llmtune's own data folder (the repository's ``data/`` or the installed ``llmtune/_data``)."""
-    import llmtune
-
     package_dir = Path(llmtune.__file__).resolve().parent
     for candidate in (package_dir / "_data", package_dir.parents[1] / "data"):
         if (candidate / TASKS_FILE).is_file():
@@ -308,8 +307,7 @@ def named_tasks_of_kind(data_args: Any, kind: str, refusal: str) -> tuple[dict[s
     """``(tasks, train names, eval names)`` of ``dataset``/``eval_dataset`` when every name is a task of ``kind``
     (``choice`` or ``generation``); else one ``ConfigError`` line: ``refusal`` formatted with ``name``,
     ``what`` (what the name is instead) and ``allowed`` (the tasks of that kind)."""
-    from llmtune.data.registry import load_registry, resolve_dataset_dir, split_names
-    from llmtune.errors import ConfigError
+    from llmtune.data.registry import load_registry, resolve_dataset_dir, split_names  # it imports this module
 
     dataset_dir = resolve_dataset_dir(data_args.dataset_dir)
     train_names, eval_names = split_names(data_args.dataset), split_names(data_args.eval_dataset)

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from llmtune.data import get_template
 from llmtune.errors import ConfigError
+from llmtune.model import load_model, load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -20,7 +22,6 @@ logger = logging.getLogger("llmtune")
 
 def load_eval_model(run: EvalRun) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model (with its adapters, if any) in eval mode on the best device, and its tokenizer."""
-    from llmtune.model import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(run.model)
     model = load_model(run.model, for_training=False)
@@ -68,7 +69,6 @@ def _register_peft_type(adapter: str) -> None:
 def resolve_template(run: EvalRun, tokenizer: PreTrainedTokenizerBase) -> Template:
     """The answering model's chat template: an explicit ``template`` (or the training run's), else the
     tokenizer's own ``chat_template`` (``auto``). Never guessed from the model's name."""
-    from llmtune.data import get_template
 
     if "template" in run.given:
         return get_template(run.data.template, tokenizer)

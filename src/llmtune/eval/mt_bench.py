@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from llmtune.data.readers import read_table
 from llmtune.errors import DataError, DataFileNotFoundError
 from llmtune.eval.judge import JudgeRequest
+from llmtune.eval.model import generate, resolve_template, stop_token_ids
 
 if TYPE_CHECKING:
     from llmtune.data.template import Template
@@ -198,7 +199,6 @@ def answer_questions(
     ``load_model()`` returns ``(model, tokenizer)``; it is called only when something is left to answer.
     Returns ``question_id -> record`` for all questions.
     """
-    from llmtune.eval.model import resolve_template, stop_token_ids
 
     answers = read_answers(path)
     todo = [q for q in questions if q.question_id not in answers]
@@ -260,8 +260,6 @@ def _batches(run: EvalRun, questions: list[Question]) -> list[list[Question]]:
 def _answer_batch(run, batch, model, tokenizer, template, stops, max_new, temperature) -> list[list[str]]:
     """Both turns of every question in ``batch``: turn 2 sees the model's own turn-1 answer."""
     import torch
-
-    from llmtune.eval.model import generate
 
     if temperature > 0:
         torch.manual_seed(run.eval.seed + zlib.crc32(str(batch[0].question_id).encode()))

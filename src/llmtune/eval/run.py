@@ -15,7 +15,19 @@ from typing import Any
 
 import yaml
 
+from llmtune.eval import mt_bench
 from llmtune.eval.config import MT_BENCH, EvalRun
+from llmtune.eval.judge import JudgeClient, JudgeUnreachableError, judge_all
+from llmtune.eval.model import load_eval_model
+from llmtune.eval.mt_bench_report import (
+    aggregate,
+    compare_table,
+    find_results,
+    markdown_table,
+    plot_scores,
+    write_results,
+)
+from llmtune.eval.task_eval import evaluate_task, prepare_task, summary_line
 
 logger = logging.getLogger("llmtune")
 
@@ -26,7 +38,6 @@ def run_eval(run: EvalRun, say: Callable[[str], None] = print) -> list[dict[str,
     """Do what ``run`` asks; print one summary per task with ``say``; return the results."""
     if run.eval.compare:
         return [run_compare(run, say)]
-    from llmtune.eval.model import load_eval_model
 
     loaded: list[tuple[Any, Any]] = []
 
@@ -36,8 +47,6 @@ def run_eval(run: EvalRun, say: Callable[[str], None] = print) -> list[dict[str,
         return loaded[0]
 
     # Every task's data (and MT-bench's questions and prompts) is read and checked before a model loads.
-    from llmtune.eval import mt_bench
-    from llmtune.eval.task_eval import evaluate_task, prepare_task, summary_line
 
     prepared = {}
     for task in run.tasks:
@@ -70,9 +79,6 @@ def run_mt_bench(
     run: EvalRun, out: Path, questions: list, prompts: dict, model_and_tokenizer: Callable, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Answer (resuming), judge (cached) and score MT-bench; write answers, judgments and results into ``out``."""
-    from llmtune.eval import mt_bench
-    from llmtune.eval.judge import JudgeClient, JudgeUnreachableError, judge_all
-    from llmtune.eval.mt_bench_report import aggregate, markdown_table, write_results
 
     args = run.eval
     if run.data.max_samples:
@@ -119,7 +125,6 @@ def _progress(done: int, total: int) -> None:
 
 def run_compare(run: EvalRun, say: Callable[[str], None]) -> dict[str, Any]:
     """Several evaluated runs' MT-bench results side by side: ``compare.md``, ``compare.json``, ``compare.png``."""
-    from llmtune.eval.mt_bench_report import compare_table, find_results, plot_scores
 
     folders = [Path(p.strip()) for p in run.eval.compare.split(",") if p.strip()]
     results = [find_results(folder) for folder in folders]

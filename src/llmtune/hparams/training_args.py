@@ -13,6 +13,7 @@ from typing import Any
 from trl import SFTConfig
 
 from llmtune.errors import ConfigError
+from llmtune.hparams.secrets import is_secret
 
 
 @dataclass
@@ -83,7 +84,6 @@ class TrainingArguments(SFTConfig):
 
     def __getstate__(self):
         # Trainer pickles these arguments into every checkpoint (training_args.bin): keep secrets out.
-        from llmtune.hparams.secrets import is_secret
 
         state = self.__dict__.copy()
         for key, value in state.items():

@@ -13,9 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmtune.arguments import parse_args
 from llmtune.data.tasks import TaskExample
+from llmtune.eval.config import parse_eval_args
+from llmtune.eval.model import load_eval_model
+from llmtune.eval.task_eval import evaluate_task, prepare_task
 from llmtune.hparams.parser import read_config_file
 from llmtune.kernel.config import KernelRun
+from llmtune.train.run import run_sft
 
 # Training defaults per method (tiny model: about a minute each on 2 CPU cores); compare_config overrides.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -76,11 +81,6 @@ def training_config(run: KernelRun, method: str, dataset: str, dataset_dir: Path
 
 def run_compare(run: KernelRun, data: Any, kernel_result: dict, say: Callable[[str], None]) -> dict[str, Any]:
     """Train and score every ``compare`` method on the kernel's split; write ``compare.md``/``compare.json``."""
-    from llmtune.arguments import parse_args
-    from llmtune.eval.config import parse_eval_args
-    from llmtune.eval.model import load_eval_model
-    from llmtune.eval.task_eval import evaluate_task, prepare_task
-    from llmtune.train.run import run_sft
 
     out = run.output_dir / data.task.name
     name = f"{data.task.name}_k{run.data.k_shot}_seed{data.seed}"

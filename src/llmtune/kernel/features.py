@@ -20,6 +20,7 @@ from torch.func import functional_call
 from llmtune.data.task_encoding import encode_choice
 from llmtune.data.tasks import TaskExample
 from llmtune.errors import ConfigError, DataError
+from llmtune.methods.lora.model import linear_module_names
 
 OutputFn = Callable[[dict[str, torch.Tensor], "KernelBatch"], torch.Tensor]
 
@@ -134,8 +135,6 @@ def select_parameters(model: torch.nn.Module, which: str) -> dict[str, torch.Ten
 def add_lora(model: torch.nn.Module, rank: int, target: str) -> torch.nn.Module:
     """``model`` with a fresh LoRA adapter (rank ``rank`` on ``target``, llmtune's LoRA defaults otherwise)."""
     from peft import LoraConfig, get_peft_model
-
-    from llmtune.methods.lora.model import linear_module_names
 
     available = linear_module_names(model)
     targets = [t.strip() for t in target.split(",") if t.strip()]

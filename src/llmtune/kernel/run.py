@@ -23,8 +23,12 @@ import torch
 
 from llmtune.data.kshot import k_shot_splits
 from llmtune.data.tasks import TaskExample, load_task_examples, load_tasks
-from llmtune.kernel.config import KernelRun
-from llmtune.kernel.report import KernelData
+from llmtune.kernel.compare import run_compare
+from llmtune.kernel.config import KernelRun, parse_kernel_args
+from llmtune.kernel.features import add_lora, batches, encode_examples, label_logits, select_parameters
+from llmtune.kernel.kernels import Progress, compute_kernel, initial_outputs, parameter_blocks
+from llmtune.kernel.report import KernelData, score_seed, summarise, summary_line, write_results
+from llmtune.model import load_model, load_tokenizer
 
 logger = logging.getLogger("llmtune")
 
@@ -117,9 +121,6 @@ class KernelModel:
     def _load(self) -> dict[str, Any]:
         if self._loaded is not None:
             return self._loaded
-        from llmtune.kernel.features import add_lora, label_logits, select_parameters
-        from llmtune.kernel.kernels import parameter_blocks
-        from llmtune.model import load_model, load_tokenizer
 
         run, args = self.run, self.run.kernel
         tokenizer = load_tokenizer(run.model)
@@ -163,9 +164,6 @@ class KernelModel:
         """``(batches, initial outputs [N, C])`` of ``examples`` (remembered: the test set serves every seed)."""
         key = tuple((e.prompt, tuple(e.options)) for e in examples)
         if key not in self._outputs:
-            from llmtune.kernel.features import batches, encode_examples
-            from llmtune.kernel.kernels import initial_outputs
-
             loaded = self._load()
             items = encode_examples(loaded["tokenizer"], examples, task_name, loaded["limit"])
             encoded = [b.to(loaded["device"]) for b in batches(items, self.run.kernel.kernel_batch_size, loaded["pad"])]
@@ -175,7 +173,6 @@ class KernelModel:
     def compute(self, data: KernelData, splits: list[str]) -> dict[str, dict[str, torch.Tensor]]:
         """``{split: {"kernel", "f0", "seconds"}}`` of the training examples against each split of ``splits``,
         in one pass over the parameter blocks (``seconds``: the whole pass)."""
-        from llmtune.kernel.kernels import Progress, compute_kernel
 
         loaded = self._load()
         started = time.perf_counter()
@@ -243,7 +240,6 @@ def compute_kernels(run: KernelRun, data: KernelData, model: KernelModel | None 
 
 def run_kernel(run: KernelRun, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Do what ``run`` asks for every seed; return (and, on the first process, write) the result."""
-    from llmtune.kernel.report import score_seed, summarise, summary_line, write_results
 
     started = time.perf_counter()
     model = KernelModel(run)
@@ -256,8 +252,6 @@ def run_kernel(run: KernelRun, say: Callable[[str], None] = print) -> dict[str, 
         write_results(run, result, scored)
         say(summary_line(result))
     if run.compare_methods:
-        from llmtune.kernel.compare import run_compare
-
         result["compare"] = run_compare(run, scored[0].data, result, say)
     return result
 
@@ -266,6 +260,5 @@ def run_kernel_config(config: dict[str, Any], say: Callable[[str], None] = print
     """``llmtune kernel`` in-process: ``{key: value}`` with the CLI's keys (``seed`` a list or ``"13,21"``) ->
     the result also written to ``<output_dir>/<task>/results.json``. Raises a one-line ``ConfigError``
     for a bad key or value before anything loads."""
-    from llmtune.kernel.config import parse_kernel_args
 
     return run_kernel(parse_kernel_args(config), say)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmtune.errors import NotImplementedYetError, one_of
+from llmtune.model.dtypes import compute_dtype, set_training_dtypes
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,6 @@ class Method:
         what stays frozen in the compute dtype (``bf16``/``fp16``, else float32)."""
         model = self.prepare_fn()(model, args)
         if not self.keeps_half_weights:
-            from llmtune.model.dtypes import compute_dtype, set_training_dtypes
-
             set_training_dtypes(model, compute_dtype(args.training.bf16, args.training.fp16))
         return model
 

@@ -41,6 +41,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from llmtune.data.kshot import k_shot_splits
+from llmtune.data.loader import check_data_options, eval_size
+from llmtune.data.report import DataReport
+from llmtune.data.task_encoding import encode_choice
+from llmtune.data.tasks import load_task_examples, named_tasks_of_kind
 from llmtune.errors import DataError
 from llmtune.model.head import logits_at
 
@@ -204,11 +209,6 @@ def get_classification_dataset(
     Every name must be a choice task; the prompts are MeZO's plain text (no chat template).
     ``val_size`` holds out training examples as for SFT.
     """
-    from llmtune.data.kshot import k_shot_splits
-    from llmtune.data.loader import check_data_options, eval_size
-    from llmtune.data.report import DataReport
-    from llmtune.data.task_encoding import encode_choice
-    from llmtune.data.tasks import load_task_examples, named_tasks_of_kind
 
     check_data_options(data_args)
     tasks, train_names, eval_names = named_tasks_of_kind(

@@ -28,7 +28,10 @@ from llmtune.arguments import parse_args
 from llmtune.errors import ConfigError, LlmtuneError, NotImplementedYetError
 from llmtune.hparams.parser import RunArguments, coerce, read_file_and_flags
 from llmtune.hparams.training_args import gradient_checkpointing_setting
+from llmtune.methods import METHODS, get_method
+from llmtune.model import count_parameters, resolve_model_path
 from llmtune.model.dtypes import compute_dtype_name
+from llmtune.model.loader import compute_dtype
 from llmtune.model.quantization import (
     adam_8bit_state_bytes,
     check_quantization,
@@ -114,8 +117,6 @@ def load_model_config(args: RunArguments) -> Any:
     """The model's config (``config.json``) only: a few kB from the hub or the local folder."""
     from transformers import AutoConfig
 
-    from llmtune.model import resolve_model_path
-
     name = args.model.model_name_or_path
     try:
         return AutoConfig.from_pretrained(
@@ -139,10 +140,6 @@ def estimate_memory(
     ``model_config`` (a transformers config) skips reading the model's ``config.json``.
     """
     from transformers import AutoModelForCausalLM
-
-    from llmtune.methods import get_method
-    from llmtune.model import count_parameters
-    from llmtune.model.loader import compute_dtype
 
     method = get_method(finetuning_type or args.finetuning.finetuning_type)
     check_quantization(args, method.name)  # a type that cannot run quantised is not estimated
@@ -232,7 +229,6 @@ def _eight_bit_saving(model: torch.nn.Module, states: dict[str, Any]) -> int:
 
 def compare_methods(args: RunArguments, model_config: Any) -> dict[str, MemoryEstimate]:
     """The estimate of every implemented finetuning type for the same model, batch and options."""
-    from llmtune.methods import METHODS
 
     found = {}
     for name, method in METHODS.items():
@@ -290,7 +286,6 @@ def _count(n: int) -> str:
 
 
 def _coerce_bool(key: str, value: Any) -> bool:
-    from llmtune.hparams.parser import coerce
 
     return coerce(key, value, bool)
 

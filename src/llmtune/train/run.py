@@ -19,11 +19,21 @@ from typing import Any
 import torch
 import yaml
 
+from llmtune.data import check_datasets, get_dataset
+from llmtune.data.packing import PackedCollator, prepare_model_for_packing
 from llmtune.errors import ConfigError, NumericalError, TrainingInterrupted
 from llmtune.hparams.parser import RUN_CONFIG, RunArguments
 from llmtune.hparams.training_args import gradient_checkpointing_setting
 from llmtune.launch import is_main_process
+from llmtune.methods import get_method
+from llmtune.model import count_parameters, load_model, load_tokenizer
+from llmtune.model.loader import training_load_dtype
 from llmtune.train import checkpoint as ckpt
+from llmtune.train.callbacks import GracefulStop, JsonlLogCallback
+from llmtune.train.classification import classification_trainer_kwargs, get_classification_dataset
+from llmtune.train.estimate import warn_if_over_gpu
+from llmtune.train.memory import out_of_memory_error
+from llmtune.train.plot import plot_loss
 from llmtune.train.status import mark_running, tracks_status
 
 logger = logging.getLogger("llmtune")
@@ -112,15 +122,6 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     """Train with ``args`` and save the result into ``output_dir``. See the module docstring."""
     from transformers import set_seed
 
-    from llmtune.data import check_datasets, get_dataset
-    from llmtune.methods import get_method
-    from llmtune.model import count_parameters, load_model, load_tokenizer
-    from llmtune.model.loader import training_load_dtype
-    from llmtune.train.callbacks import GracefulStop, JsonlLogCallback
-    from llmtune.train.estimate import warn_if_over_gpu
-    from llmtune.train.memory import out_of_memory_error
-    from llmtune.train.plot import plot_loss
-
     method = get_method(args.finetuning.finetuning_type)
     resume = resolve_resume(args)
     check_output_dir(args, resume)
@@ -134,15 +135,11 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     if own is not None:
         prepared, extra = own
     elif args.finetuning.train_as_classification:
-        from llmtune.train.classification import classification_trainer_kwargs, get_classification_dataset
-
         prepared = get_classification_dataset(args.data, tokenizer, seed=args.training.seed)
         extra = classification_trainer_kwargs(args.training, tokenizer)
     else:
         prepared = get_dataset(args.data, tokenizer, seed=args.training.seed)
         if args.data.neat_packing:
-            from llmtune.data.packing import PackedCollator
-
             extra = {"data_collator": PackedCollator(pad_token_id=tokenizer.pad_token_id)}
     logger.info("tokenised: %s", prepared.report.summary())
     out = prepare_output_dir(args, resume)
@@ -154,8 +151,6 @@ def run_sft(args: RunArguments, callbacks: list | None = None) -> TrainResult:
     model = load_model(args.model, training_load_dtype(args.training.bf16, args.training.fp16))
     model = method.prepare_model(model, args)  # frozen weights stay in the compute dtype, trained ones fp32
     if args.data.neat_packing:
-        from llmtune.data.packing import prepare_model_for_packing
-
         prepare_model_for_packing(model)  # refuse rather than let packed rows attend to each other
     trainable, total = count_parameters(model)
     logger.info(

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from llmtune.errors import LlmtuneError, TrainingInterrupted
 from llmtune.launch import is_main_process
 
 STATUS_FILE = "run_status.json"
@@ -88,7 +89,6 @@ def mark_ended(state: str, error: BaseException | None = None) -> None:
 
 def error_lines(error: BaseException) -> list[str]:
     """The lines a user needs: llmtune's own errors are one line; anything else keeps its traceback tail."""
-    from llmtune.errors import LlmtuneError
 
     if isinstance(error, LlmtuneError):
         return [f"{type(error).__name__}: {error}"]
@@ -98,7 +98,6 @@ def error_lines(error: BaseException) -> list[str]:
 
 def tracks_status(fn: F) -> F:
     """Decorate the training entry point: its return or exception becomes the run's end state."""
-    from llmtune.errors import TrainingInterrupted
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -13,7 +13,7 @@ DEFAULT_PORT = 7860
 
 def launch_ui(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False, block: bool = True):
     """Serve the page on ``host:port`` (loopback unless asked otherwise); ``share`` opens a Gradio link."""
-    from llmtune.webui.app import create_app
+    from llmtune.webui.app import create_app  # gradio: only when the page is served
 
     if share or host not in ("127.0.0.1", "localhost", "::1"):
         # The page starts processes and writes files as this user: say so before anyone else can reach it.

@@ -9,10 +9,20 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from llmtune.chat import load_chat_model, load_chat_options, prompt_ids
+from llmtune.data.loader import load_conversations
+from llmtune.data.processor import build_example
+from llmtune.data.tasks import load_task_examples, named_tasks_of_kind
+from llmtune.data.templates import get_template
 from llmtune.errors import ConfigError, LlmtuneError
+from llmtune.eval.model import generate, stop_token_ids
 from llmtune.hparams.parser import RUN_CONFIG
+from llmtune.model.loader import load_tokenizer
+from llmtune.train.estimate import compare_methods, load_estimate_arguments, load_model_config
+from llmtune.train.plot import read_log
+from llmtune.train.run import check_output_dir, resolve_resume
 from llmtune.webui import command as cmd
-from llmtune.webui import runs
+from llmtune.webui import fields, runs
 
 ESTIMATE_TIMEOUT_S = 300
 
@@ -82,7 +92,6 @@ def starting_point(name: str, model: str) -> tuple[dict[str, Any], str]:
     """The form for one of the two jobs (:data:`webui.fields.STARTING_POINTS`), with ``model`` kept, and
     one line saying which data it picked: the wanted dataset when this machine has it or can download
     it, else the shipped stand-in with what to do to get the real one."""
-    from llmtune.webui import fields
 
     point = fields.STARTING_POINTS[name]
     values = {
@@ -134,8 +143,6 @@ def preview_data(values: dict[str, Any], extra: str, rows: int = PREVIEW_ROWS) -
 def _choice_rows(data_args: Any, rows: int) -> tuple[list[tuple[str, int]], list[str]]:
     import html
 
-    from llmtune.data.tasks import load_task_examples, named_tasks_of_kind
-
     tasks, names, _ = named_tasks_of_kind(
         data_args, "choice", "train_as_classification: '{name}' is {what}; it needs choice tasks ({allowed})"
     )
@@ -154,11 +161,6 @@ def _choice_rows(data_args: Any, rows: int) -> tuple[list[tuple[str, int]], list
 
 def _sft_rows(args: Any, rows: int) -> tuple[list[tuple[str, int]], list[str]]:
     import html
-
-    from llmtune.data.loader import load_conversations
-    from llmtune.data.processor import build_example
-    from llmtune.data.templates import get_template
-    from llmtune.model.loader import load_tokenizer
 
     loaded = load_conversations(args.data)
     tokenizer = load_tokenizer(args.model)
@@ -189,7 +191,6 @@ GPU_OFF_SCALE = 4  # the GPU line is left off the y-axis when it is this many ti
 def memory_estimates(values: dict[str, Any], extra: str) -> dict[str, Any]:
     """``llmtune estimate`` of the form's run under every finetuning type, in this process (the model's
     ``config.json`` only, no weights): ``{finetuning_type: MemoryEstimate}``. Raises one-line errors."""
-    from llmtune.train.estimate import compare_methods, load_estimate_arguments, load_model_config
 
     args = load_estimate_arguments(cmd.argv_for("estimate", cmd.train_config(values, extra))[2:])  # as the CLI
     return compare_methods(args, load_model_config(args))
@@ -254,8 +255,6 @@ class ChatSession:
     def load(self, model_path: str, adapter_path: str = "", max_new_tokens: float = 256) -> str:
         """Load a base model, a saved run (a full model, or an adapter run on the base its config names) or
         a base with an adapter; a line that says which, or what is wrong."""
-        from llmtune.chat import load_chat_model, load_chat_options
-        from llmtune.eval.model import stop_token_ids
 
         try:
             model_path = cmd.check_value("model", (model_path or "").strip())
@@ -282,9 +281,6 @@ class ChatSession:
 
         from transformers import TextIteratorStreamer
 
-        from llmtune.chat import prompt_ids
-        from llmtune.eval.model import generate
-
         history = [{"role": h["role"], "content": str(h["content"])} for h in history or []]
         history.append({"role": "user", "content": message})
         if self.loaded is None:
@@ -310,7 +306,6 @@ class ChatSession:
 def compare_runs(folders: list[str]) -> tuple[Any, str]:
     """Several runs side by side: their training loss against steps and against wall time on one figure,
     and a table of each run's steps, last loss, last eval loss and evaluation results (``llmtune eval``)."""
-    from llmtune.train.plot import read_log
 
     chosen = [Path(str(f)).expanduser() for f in folders or [] if str(f).strip()]
     if len(chosen) < 2:
@@ -403,7 +398,6 @@ def start_train(state: UiState, values: dict[str, Any], extra: str) -> str:
             same = Path(other.output_dir) == Path(args.training.output_dir).expanduser().resolve()
             if same and runs.alive(other.pid):
                 raise ConfigError(f"output_dir: run {other.id} (pid {other.pid}) is writing into it now")
-        from llmtune.train.run import check_output_dir, resolve_resume
 
         check_output_dir(args, resolve_resume(args))
     except (LlmtuneError, ValueError, OSError) as err:

@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from llmtune.arguments import parse_args
 from llmtune.errors import ConfigError
+from llmtune.eval.config import parse_eval_args
 from llmtune.webui.fields import ALWAYS, applies, eval_fields, field_map, train_fields
 
 _CONTROL = {chr(c) for c in range(32)} | {"\x7f", "\x85", "\u2028", "\u2029"}
@@ -109,7 +111,6 @@ def shown_command(argv: list[str]) -> str:
 
 def validated_yaml(config: dict[str, str]):
     """Parse ``config`` with llmtune's own parser (loads no model); returns (RunArguments, YAML text)."""
-    from llmtune.arguments import parse_args
 
     check_paths(config)
     args = parse_args(dict(config))
@@ -183,6 +184,5 @@ def eval_config(run_dir: str, tasks: list[str] | str, values: dict[str, Any]) ->
 
 def validated_eval(config: dict[str, str]):
     """Parse ``config`` with ``llmtune eval``'s parser (loads no model); returns the EvalRun."""
-    from llmtune.eval.config import parse_eval_args
 
     return parse_eval_args(dict(config))

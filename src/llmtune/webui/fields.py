@@ -17,9 +17,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import llmtune
 from llmtune.arguments import argument_classes
-from llmtune.hparams.parser import _members
+from llmtune.data import TEMPLATES
+from llmtune.data.registry import load_registry, resolve_dataset_dir
+from llmtune.data.tasks import load_tasks
+from llmtune.eval.config import eval_owners
+from llmtune.hparams.parser import _members, read_config_file
+from llmtune.hparams.truth import is_true
+from llmtune.methods import METHODS, method_argument_classes
+from llmtune.methods.registry import normalise_config
+from llmtune.model.loader import EMBEDDED_MODELS
 from llmtune.options import iter_options
+from llmtune.webui import runs
 
 # Keys the command always states, even at their default: they say what the run is.
 ALWAYS = ("stage", "model_name_or_path", "finetuning_type", "dataset", "template", "output_dir")
@@ -104,8 +114,6 @@ class Field:
 def _choices() -> dict[str, tuple[str, ...]]:
     """Keys with a closed set of values: the choices each dataclass field declares in its metadata
     (beside the field, as TRL and LLaMA-Factory keep them), the registered finetuning types, the templates."""
-    from llmtune.data import TEMPLATES
-    from llmtune.methods import METHODS
 
     declared = {  # fields that name their choices in their metadata
         f.name: tuple(f.metadata["choices"])
@@ -150,14 +158,12 @@ def field_map() -> dict[str, Field]:
 @cache
 def method_groups() -> dict[str, tuple[str, ...]]:
     """finetuning_type -> the option groups (dataclass names) it reads beyond the shared ones."""
-    from llmtune.methods import METHODS
 
     return {name: tuple(cls.__name__ for cls in method.option_classes()) for name, method in METHODS.items()}
 
 
 def all_method_groups() -> tuple[str, ...]:
     """Every method option group, in the order the dataclasses are documented."""
-    from llmtune.methods import method_argument_classes
 
     return tuple(cls.__name__ for cls in method_argument_classes())
 
@@ -188,7 +194,6 @@ def sections() -> dict[str, tuple[Field, ...]]:
 
 def method_summaries() -> dict[str, str]:
     """finetuning_type -> its one-line description (the registry's, as ``llmtune train --help`` shows)."""
-    from llmtune.methods import METHODS
 
     return {name: m.summary for name, m in METHODS.items() if m.implemented}
 
@@ -217,7 +222,6 @@ def start_values() -> dict[str, Any]:
 @cache
 def eval_fields() -> tuple[Field, ...]:
     """The keys of ``llmtune eval`` beyond the run folder, from its dataclasses (llmtune.eval.config)."""
-    from llmtune.eval.config import eval_owners
 
     fields = []
     for name, cls in eval_owners().items():
@@ -242,8 +246,6 @@ def repo_root() -> Path:
 
 def dataset_names(dataset_dir: str = "data") -> list[str]:
     """Names from ``dataset_info.json`` and the task registry (SST-2 and the other tasks)."""
-    from llmtune.data.registry import load_registry, resolve_dataset_dir
-    from llmtune.data.tasks import load_tasks
 
     try:
         folder = resolve_dataset_dir(dataset_dir)
@@ -256,8 +258,6 @@ def dataset_names(dataset_dir: str = "data") -> list[str]:
 
 def task_names(dataset_dir: str = "data") -> list[str]:
     """What the Evaluate tab can score: the tasks of tasks.json and mt_bench."""
-    from llmtune.data.registry import resolve_dataset_dir
-    from llmtune.data.tasks import load_tasks
 
     try:
         return [*load_tasks(resolve_dataset_dir(dataset_dir)), "mt_bench"]
@@ -270,8 +270,6 @@ def presets(root: Path | None = None) -> dict[str, Path]:
 
     From a source checkout, its ``examples/``; from an installed wheel, the copy inside ``llmtune``.
     """
-    import llmtune
-
     shipped = Path(llmtune.__file__).parent / "_examples"  # an installed wheel's copy
     folder = root / "examples" if root is not None else shipped if shipped.is_dir() else repo_root() / "examples"
     found = sorted(folder.glob("train_*/*.yaml"))
@@ -281,9 +279,6 @@ def presets(root: Path | None = None) -> dict[str, Path]:
 def preset_values(path: Path) -> tuple[dict[str, Any], str]:
     """A preset's keys as form values (other fields at their defaults) and the YAML of keys the form lacks."""
     import yaml
-
-    from llmtune.hparams.parser import read_config_file
-    from llmtune.methods.registry import normalise_config
 
     values = default_values()
     leftover = {}
@@ -322,7 +317,6 @@ def cached_hub_models(cache: Path | None = None) -> list[str]:
 def run_folders(launches: list | None = None) -> dict[str, list[str]]:
     """The UI's earlier training runs that saved something: ``{"models": full models (config.json),
     "adapters": adapters (adapter_config.json)}``, newest first."""
-    from llmtune.webui import runs
 
     found: dict[str, list[str]] = {"models": [], "adapters": []}
     for record in launches if launches is not None else runs.list_launches():
@@ -338,7 +332,6 @@ def run_folders(launches: list | None = None) -> dict[str, list[str]]:
 
 def model_choices() -> list[str]:
     """The model box's list: the built-in models, the hub models cached here, the full-model runs."""
-    from llmtune.model.loader import EMBEDDED_MODELS
 
     return list(dict.fromkeys([*EMBEDDED_MODELS, *cached_hub_models(), *run_folders()["models"]]))
 
@@ -348,7 +341,6 @@ def model_choices() -> list[str]:
 
 
 def _offline() -> bool:
-    from llmtune.hparams.truth import is_true
 
     return any(is_true(os.environ.get(v, "")) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
@@ -386,8 +378,6 @@ def hub_dataset_cached(repo_id: str, cache: Path | None = None) -> bool:
 
 def hub_source(name: str, dataset_dir: str = "data") -> str | None:
     """The hub id a dataset or task is read from, or None when it is a local file or an installed corpus."""
-    from llmtune.data.registry import load_registry, resolve_dataset_dir
-    from llmtune.data.tasks import load_tasks
 
     folder = resolve_dataset_dir(dataset_dir)
     entry = load_registry(folder).get(name)
@@ -399,7 +389,5 @@ def hub_source(name: str, dataset_dir: str = "data") -> str | None:
 
 def choice_tasks(dataset_dir: str = "data") -> list[str]:
     """The registered choice tasks (what ``train_as_classification`` trains on)."""
-    from llmtune.data.registry import resolve_dataset_dir
-    from llmtune.data.tasks import load_tasks
 
     return [n for n, t in load_tasks(resolve_dataset_dir(dataset_dir)).items() if t.kind == "choice"]

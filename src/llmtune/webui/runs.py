@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from llmtune.model.tiny import llmtune_home
 from llmtune.train.plot import read_log
 from llmtune.train.status import read_status
 
@@ -27,7 +28,6 @@ _children: dict[int, subprocess.Popen] = {}  # processes this UI process started
 
 def runs_root() -> Path:
     """``$LLMTUNE_WEBUI_RUNS`` or ``$LLMTUNE_HOME/webui/runs``: one folder per launched run."""
-    from llmtune.model.tiny import llmtune_home
 
     return Path(os.environ.get("LLMTUNE_WEBUI_RUNS") or llmtune_home() / "webui" / "runs").expanduser()
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmtune.compat import check_config
 from llmtune.errors import ConfigError, one_of
+from llmtune.hparams.parser import coerce
 
 BADAM_TYPES = ("block", "sparse")
 LLAMAFACTORY_MODES = {"layer": "block", "ratio": "sparse"}
@@ -55,7 +57,6 @@ def refuse_unsupported(finetuning_type: str, config: dict[str, Any], world_size:
 
     The parser checks every config against the table; trainers built by hand call this with their arguments.
     """
-    from llmtune.compat import check_config
 
     check_config({**config, "finetuning_type": finetuning_type}, world_size=world_size)
 
@@ -63,6 +64,5 @@ def refuse_unsupported(finetuning_type: str, config: dict[str, Any], world_size:
 def _is_true(key: str, value: Any) -> bool:
     if value is None:
         return False
-    from llmtune.hparams.parser import coerce
 
     return bool(coerce(key, value, bool))

@@ -9,6 +9,8 @@ import torch
 
 from llmtune.errors import ConfigError
 from llmtune.methods.lora.model import linear_module_names
+from llmtune.methods.loretta.tuner import LorettaConfig, LorettaLayer
+from llmtune.methods.loretta.tuner.config import DEFAULT_TARGETS
 
 NORM_CLASS_SUFFIXES = ("Norm", "RMSNorm", "LayerNorm")
 DEFAULT_RANK = 8  # LoRETTA's (the paper's Llama-2-7B runs); adazeta passes its own
@@ -30,7 +32,6 @@ def resolve_targets(model: Any, options: Any, placement: Placement | None = None
     set, replaces the placement's inputs. ``all`` is every linear layer but the head; a name
     matching no linear layer is an error listing those the model has.
     """
-    from llmtune.methods.loretta.tuner.config import DEFAULT_TARGETS
 
     available = linear_module_names(model)
     inputs = _split(options.loretta_input_target)
@@ -92,8 +93,6 @@ def build_loretta_model(
     """
     from peft import PeftModel, get_peft_model
 
-    from llmtune.methods.loretta.tuner import LorettaConfig
-
     if adapter_path:
         return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
     targets, inputs = resolve_targets(model, options, placement)
@@ -123,7 +122,6 @@ def prepare_loretta(model: Any, args: Any) -> Any:
 
 def adapter_parameter_count(model: torch.nn.Module) -> int:
     """Trainable numbers in the tensor-train adapters (not the norms) of ``model``."""
-    from llmtune.methods.loretta.tuner import LorettaLayer
 
     total = 0
     for module in model.modules():
@@ -135,7 +133,6 @@ def adapter_parameter_count(model: torch.nn.Module) -> int:
 
 def lora_parameter_count(model: torch.nn.Module, rank: int) -> tuple[int, list[str]]:
     """Numbers LoRA of rank ``rank`` would train on the layers LoRETTA adapted, and their short names."""
-    from llmtune.methods.loretta.tuner import LorettaLayer
 
     total, names = 0, set()
     for name, module in model.named_modules():

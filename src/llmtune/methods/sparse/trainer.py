@@ -18,6 +18,7 @@ from llmtune.methods.block.model import BadamSetup, setup_of_run
 from llmtune.methods.block.optimizer import HALF_DTYPES
 from llmtune.methods.block.partition import scope_parameters
 from llmtune.methods.block.trainer import BlockTrainer
+from llmtune.methods.sparse.config import SparseArguments
 from llmtune.methods.sparse.optimizer import RatioBlockOptimizer
 from llmtune.train.memory import estimate_training_bytes
 
@@ -32,8 +33,6 @@ class SparseTrainer(BlockTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.sparse_args is None:
-            from llmtune.methods.sparse.config import SparseArguments
-
             self.sparse_args = SparseArguments()
         self.add_callback(_DetachGradientHooks())
 

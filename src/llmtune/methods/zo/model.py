@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from llmtune.errors import ConfigError
+from llmtune.methods.lora.model import prepare_lora
 from llmtune.model.loader import compute_dtype, set_training_dtypes
 
 # The prepared model carries its zo options here, for the trainer (as PEFT models carry ``peft_config``).
@@ -26,8 +27,6 @@ def prepare_zo(model: Any, args: Any) -> Any:
         for param in model.parameters():
             param.requires_grad_(True)
     elif zo.zo_target == "lora":
-        from llmtune.methods.lora.model import prepare_lora
-
         model = prepare_lora(model, args)
     else:
         model = prepare_prefix(model, zo.zo_prefix_tokens)

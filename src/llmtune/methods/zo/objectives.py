@@ -32,6 +32,8 @@ import torch
 
 from llmtune.eval.metrics import normalize_answer, token_f1  # noqa: F401  (one SQuAD F1 for eval and ZO)
 from llmtune.model.head import causal_lm_loss, logits_at, output_head
+from llmtune.train.classification import CLASS_LABELS as OPTION_LABELS
+from llmtune.train.classification import classification_loss, option_scores
 
 LABEL_WORD_IDS = "zo_label_word_ids"
 CLASS_LABELS = "zo_class_labels"
@@ -57,8 +59,6 @@ def language_model_loss(model: torch.nn.Module, inputs: dict[str, Any], num_item
     divided by that count (so micro-batch losses add up to the accumulated batch's loss). A
     classification batch gets the cross-entropy over its options instead."""
     if is_classification_batch(inputs):
-        from llmtune.train.classification import classification_loss
-
         return classification_loss(model, inputs)[0].detach()
     kwargs = model_inputs(inputs)
     if "labels" in kwargs and output_head(model) is not None:
@@ -77,9 +77,6 @@ def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 def negative_accuracy(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
     """Minus the share of rows whose highest-scoring label word (or option) is the gold class (a scalar tensor)."""
     if is_classification_batch(inputs):
-        from llmtune.train.classification import CLASS_LABELS as OPTION_LABELS
-        from llmtune.train.classification import option_scores
-
         scores = option_scores(model, inputs)
         labels = inputs[OPTION_LABELS].to(scores.device)
         known = labels != IGNORE_LABEL

@@ -14,8 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from llmtune.data.loader import check_data_options
+from llmtune.data.report import DataReport
+from llmtune.data.task_encoding import encode_generation_prompt
+from llmtune.data.tasks import load_task_examples, named_tasks_of_kind
 from llmtune.errors import ConfigError, DataError
+from llmtune.eval.model import left_pad
 from llmtune.methods.zo.objectives import GOLD_ANSWERS
+from llmtune.train.classification import keep_features
 
 if TYPE_CHECKING:
     import datasets
@@ -39,7 +45,6 @@ class AnswerCollator:
     pad_token_id: int
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
-        from llmtune.eval.model import left_pad
 
         input_ids, attention_mask = left_pad([f[PROMPT] for f in features], self.pad_token_id)
         return {
@@ -59,7 +64,6 @@ def answer_data(args: Any, tokenizer: Any) -> tuple[AnswerData, dict[str, Any]] 
             "zo_objective: f1 trains on generated answers of QA tasks; train_as_classification scores options: "
             "set train_as_classification: false, or zo_objective: accuracy"
         )
-    from llmtune.train.classification import keep_features
 
     prepared = get_answer_dataset(args.data, tokenizer)
     keep_features(args.training)
@@ -73,11 +77,6 @@ def get_answer_dataset(data_args: Any, tokenizer: Any) -> AnswerData:
     Any other name is one line listing the generation tasks, before a model loads.
     """
     import datasets
-
-    from llmtune.data.loader import check_data_options
-    from llmtune.data.report import DataReport
-    from llmtune.data.task_encoding import encode_generation_prompt
-    from llmtune.data.tasks import load_task_examples, named_tasks_of_kind
 
     check_data_options(data_args)
     tasks, train_names, eval_names = named_tasks_of_kind(
