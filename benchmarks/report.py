@@ -166,21 +166,17 @@ def group_table(rows: list[dict]) -> list[str]:
 
 def task_table(rows: list[dict]) -> list[str]:
     """A task group: every configuration's metrics on the task's eval split after training (or none)."""
-    metrics = sorted({m for r in rows for m in r.get("task_metrics", {})})
-    lines = [
-        "| configuration | trainable params | " + " | ".join(metrics) + " | loss after last step | s/step |",
-        "|---|---:|" + "---:|" * (len(metrics) + 2),
-    ]
+    metrics = sorted({m for r in rows for m in r.get("task_metrics", {})})  # none when the suite does not score
+    header = ["configuration", "trainable params", *metrics, "loss after last step", "s/step"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(metrics) + 2)]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['config']} | {_error_cell(row)} |" + "|" * (len(metrics) + 2))
             continue
-        scores = " | ".join(_num(row.get("task_metrics", {}).get(m), ".4f") for m in metrics)
+        scores = [_num(row.get("task_metrics", {}).get(m), ".4f") for m in metrics]
         trainable = f"{row['trainable']:,}" if row.get("trainable") else "0 (no training)"
-        lines.append(
-            f"| {row['config']} | {trainable} | {scores} | {_num(row.get('final_loss'), '.4f')} | "
-            f"{_num(row.get('step_seconds'), '.3f')} |"
-        )
+        cells = [row["config"], trainable, *scores, _num(row.get("final_loss"), ".4f")]
+        lines.append("| " + " | ".join([*cells, _num(row.get("step_seconds"), ".3f")]) + " |")
     return lines
 
 
@@ -364,6 +360,9 @@ def write_report(out: Path) -> Path:
         if task:
             title = f"## {model}: trained as classification on `{task}`, cutoff_len {length}, batch {group[0]['batch']}"
             lines += [title, "", *task_table(collapse(group)), ""]
+            targets = target_lines(group)
+            if targets:
+                lines += ["Targets:", "", *targets, ""]
             continue
         if "random" in MODELS[model] and len({r["config"] for r in group}) <= 4:
             continue  # scaling runs: in the scaling table

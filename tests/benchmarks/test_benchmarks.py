@@ -212,3 +212,20 @@ def test_the_head_suites_before_side_is_the_same_run_with_every_positions_logits
     assert results[f"{name}_all_logits"]["final_loss"] == pytest.approx(results[name]["final_loss"], rel=1e-5)
     assert head_rows[f"{name}_all_logits"] > 2 * head_rows[name] > 0
     assert "task_metrics" not in results[name]  # score: False, the step alone is measured
+
+
+def test_a_task_group_without_scores_has_a_well_formed_table_and_its_ratios(tmp_path):
+    """The head suite's classification group is not scored: its table has no metric columns (every row as
+    many cells as the header) and its pairs get their ratio lines."""
+    header = {"suite": "head", "date": "d", "platform": "p", "cpus": 2, "gpu": None, "load_average": 0.0}
+    (tmp_path / "machine.json").write_text(json.dumps({**header, "versions": {}, "settings": {}, "dataset": "x"}))
+    rows = [
+        {"config": name, "model": "tiny", "cutoff_len": 64, "batch": 2, "task": "demo_sst2", "repeat": 0,
+         "trainable": 10, "final_loss": 0.5, "step_seconds": seconds, "peak_rise_bytes": 1}
+        for name, seconds in (("full", 0.8), ("full_all_logits", 1.0))
+    ]  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(tmp_path).read_text()
+    table = [line for line in text.splitlines() if line.startswith("| full") or line.startswith("| configuration")]
+    assert len({line.count("|") for line in table}) == 1, table
+    assert "every position's logits, step time (`full` / `full_all_logits`) | 0.800 |" in text

@@ -33,20 +33,12 @@ import torch
 from llmtune.eval.metrics import normalize_answer, token_f1  # noqa: F401  (one SQuAD F1 for eval and ZO)
 from llmtune.model.head import causal_lm_loss, logits_at, output_head
 from llmtune.train.classification import CLASS_LABELS as OPTION_LABELS
-from llmtune.train.classification import classification_loss, option_scores
+from llmtune.train.classification import IGNORE_LABEL, classification_loss, is_classification_batch, option_scores
 
 LABEL_WORD_IDS = "zo_label_word_ids"
 CLASS_LABELS = "zo_class_labels"
 GOLD_ANSWERS = "zo_gold_answers"
 BATCH_KEYS = {"loss": (), "accuracy": (LABEL_WORD_IDS, CLASS_LABELS), "f1": (GOLD_ANSWERS,)}
-# llmtune.train.classification's batch key; imported from there only when such a batch arrives.
-OPTION_INDEX = "cls_option_index"
-IGNORE_LABEL = -100
-
-
-def is_classification_batch(inputs: dict[str, Any]) -> bool:
-    """Whether ``inputs`` is a ``train_as_classification`` batch (one row per option)."""
-    return OPTION_INDEX in inputs
 
 
 def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
