@@ -187,10 +187,12 @@ TIME_METRICS = ("step_seconds", "mean_step_seconds", "tokens_per_second")
 
 
 def target_ratios(rows: list[dict], top: str, bottom: str, metric: str) -> tuple[list[float], int]:
-    """``(ratios, pairs)``: ``top / bottom`` of ``metric`` for each repeat both ran (for times, only the
-    pairs in which neither run was busy); ``pairs`` counts all pairs."""
+    """``(ratios, pairs)``: ``top / bottom`` of ``metric`` for each repeat both ran in the same session (for
+    times, only the pairs in which neither run was busy); ``pairs`` counts all such pairs."""
     runs = runs_of(rows)
     pairs = [(runs[top][i], runs[bottom][i]) for i in runs.get(top, {}) if i in runs.get(bottom, {})]
+    # Only runs of one invocation were interleaved (runs written before sessions were recorded count as one).
+    pairs = [(a, b) for a, b in pairs if a.get("session") == b.get("session")]
     timed = metric in TIME_METRICS  # a process's own peak memory does not depend on the others'
     usable = [(a, b) for a, b in pairs if not (timed and (busy(a) or busy(b))) and a.get(metric) and b.get(metric)]
     return sorted(a[metric] / b[metric] for a, b in usable), len(pairs)

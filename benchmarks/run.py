@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             group.get("bf16"),
             group.get("score", True),
         )
+        result["session"] = header["date"]  # which invocation ran it: ratios pair runs of one session only
         with results_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(result) + "\n")
         shown = result.get("error") or f"{result.get('step_seconds')} s/step, loss {result.get('final_loss')}"

@@ -229,3 +229,18 @@ def test_a_task_group_without_scores_has_a_well_formed_table_and_its_ratios(tmp_
     table = [line for line in text.splitlines() if line.startswith("| full") or line.startswith("| configuration")]
     assert len({line.count("|") for line in table}) == 1, table
     assert "every position's logits, step time (`full` / `full_all_logits`) | 0.800 |" in text
+
+
+def test_ratios_pair_runs_of_one_session_only(tmp_path):
+    """A configuration rerun later into the same folder (``--only``) is not paired with runs of another
+    session: they were not interleaved."""
+    from benchmarks.report import target_ratios
+
+    def run(config, seconds, session):
+        return {"config": config, "model": "tiny", "cutoff_len": 64, "batch": 2, "repeat": 0,
+                "step_seconds": seconds, "session": session}  # fmt: skip
+
+    same = [run("full", 2.0, "a"), run("full_all_logits", 4.0, "a")]
+    assert target_ratios(same, "full", "full_all_logits", "step_seconds") == ([0.5], 1)
+    apart = [run("full", 2.0, "a"), run("full_all_logits", 4.0, "b")]
+    assert target_ratios(apart, "full", "full_all_logits", "step_seconds") == ([], 0)
