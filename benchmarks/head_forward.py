@@ -1,6 +1,6 @@
 """The zeroth-order types' loss forward with the LM head only where read, against every position's logits.
 
-    python -m benchmarks.head_forward [--repeats 5] [--out docs/benchmarks/head/forward.jsonl]
+    python -m benchmarks.head_forward [--repeats 5] [--model smollm2] [--out docs/benchmarks/head/forward.jsonl]
 
 The ``head`` suite times whole steps (3 per run, 2 pairs): too few to see a few per cent. This times
 the forward a zeroth-order step runs twice, :func:`llmtune.methods.zo.objectives.language_model_loss`
@@ -22,6 +22,7 @@ TYPES = ("zo", "zo_lora", "adazeta")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="smollm2", help="a benchmark model name (benchmarks/configs.py)")
     parser.add_argument("--out", default="docs/benchmarks/head/forward.jsonl")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     from llmtune.model import load_model, load_tokenizer
 
     suite = SUITES["head"]
-    model_path = bench_run.model_path("smollm2")
+    model_path = bench_run.model_path(args.model)
     dataset = bench_run.data_source(suite["dataset"], None)
     restricted = head.output_head
     out = Path(args.out)

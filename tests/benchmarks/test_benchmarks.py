@@ -244,3 +244,19 @@ def test_ratios_pair_runs_of_one_session_only(tmp_path):
     assert target_ratios(same, "full", "full_all_logits", "step_seconds") == ([0.5], 1)
     apart = [run("full", 2.0, "a"), run("full_all_logits", 4.0, "b")]
     assert target_ratios(apart, "full", "full_all_logits", "step_seconds") == ([], 0)
+
+
+def test_the_head_forward_benchmark_writes_a_ratio_per_type_and_repeat(tmp_path):
+    """``benchmarks/head_forward.py`` on the tiny model: one line per type, the read positions counted,
+    and the head restored afterwards."""
+    from benchmarks.head_forward import TYPES
+    from benchmarks.head_forward import main as head_forward
+
+    import llmtune.model.head as head
+
+    restricted = head.output_head
+    head_forward(["--repeats", "1", "--model", "tiny", "--out", str(tmp_path / "forward.jsonl")])
+    rows = [json.loads(line) for line in (tmp_path / "forward.jsonl").read_text().splitlines()]
+    assert [r["config"] for r in rows] == list(TYPES)
+    assert all(0 < r["positions_read"] < r["batch"][0] * r["batch"][1] and r["ratio"] > 0 for r in rows)
+    assert head.output_head is restricted
