@@ -35,11 +35,16 @@ class ParamBlock:
 
     @property
     def numel(self) -> int:
-        return sum(p.numel() for _, p in self.params)
+        return sum(full_numel(p) for _, p in self.params)
 
     @property
     def nbytes(self) -> int:
-        return sum(p.numel() * p.element_size() for _, p in self.params)
+        return sum(full_numel(p) * p.element_size() for _, p in self.params)
+
+
+def full_numel(param: torch.Tensor) -> int:
+    """The parameter's element count, also when DeepSpeed ZeRO-3 holds only this process's partition of it."""
+    return param.ds_numel if hasattr(param, "ds_numel") else param.numel()
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
