@@ -18,9 +18,9 @@ LAZY = {
     "export.py": "`llmtune export --help` and its config errors without torch",
     "arguments.py": "TrainingArguments imports TRL: only when a training config is read",
     "webui/__init__.py": "gradio loads only when the page is served",
-    "data/tasks.py": "llmtune.data.registry imports this module",
-    "model/quantization.py": "the registry and the compatibility table import this module",
-    "peft_hook.py": "it runs while `import llmtune` is still executing",
+    "model/quantization.py": "the registry and the compatibility table lead back here (methods.registry -> "
+    "model package -> model.loader -> this module)",
+    "peft_hook.py": "the registry imports torch: at `import llmtune` it would slow every command's --help",
 }
 
 
@@ -66,7 +66,11 @@ def module_graph() -> dict[str, set[str]]:
                 }
             elif isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names if a.name.startswith("llmtune")}
-        graph[module] = {edge for edge in edges if edge in modules and edge != module}
+        # importing a.b.c runs a.b's __init__ first: an edge to each package on the way, except the
+        # packages this module is inside (they are being imported already)
+        ancestors = {module.rsplit(".", i)[0] for i in range(1, module.count(".") + 1)}
+        edges |= {edge.rsplit(".", i)[0] for edge in set(edges) for i in range(1, edge.count(".") + 1)}
+        graph[module] = {edge for edge in edges if edge in modules and edge != module and edge not in ancestors}
     return graph
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 def register_tuners() -> None:
     """Import the modules that register the registry's PEFT adapter types (each once)."""
-    from llmtune.methods import METHODS  # runs while `import llmtune` still executes
+    from llmtune.methods import METHODS  # it imports torch: not at `import llmtune` (every --help)
 
     for module in dict.fromkeys(m.peft_tuner for m in METHODS.values() if m.peft_tuner):
         try:

@@ -39,7 +39,7 @@ from typing import Any
 import llmtune
 from llmtune.data.corpora import CORPORA
 from llmtune.data.readers import RawTable, has_surrogate, list_data_files, read_table, table_from_records
-from llmtune.data.registry import DEFAULT_DATASET_DIR, REGISTRY_FILE, resolve_dataset_dir
+from llmtune.data.registry import DEFAULT_DATASET_DIR, REGISTRY_FILE, load_registry, resolve_dataset_dir, split_names
 from llmtune.data.report import DatasetCount
 from llmtune.errors import ConfigError, DataError, DataFileNotFoundError, suggest
 
@@ -307,7 +307,6 @@ def named_tasks_of_kind(data_args: Any, kind: str, refusal: str) -> tuple[dict[s
     """``(tasks, train names, eval names)`` of ``dataset``/``eval_dataset`` when every name is a task of ``kind``
     (``choice`` or ``generation``); else one ``ConfigError`` line: ``refusal`` formatted with ``name``,
     ``what`` (what the name is instead) and ``allowed`` (the tasks of that kind)."""
-    from llmtune.data.registry import load_registry, resolve_dataset_dir, split_names  # it imports this module
 
     dataset_dir = resolve_dataset_dir(data_args.dataset_dir)
     train_names, eval_names = split_names(data_args.dataset), split_names(data_args.eval_dataset)

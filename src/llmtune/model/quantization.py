@@ -35,7 +35,7 @@ INSTALL = "pip install bitsandbytes"
 
 def bnb_optim_methods() -> tuple[str, ...]:
     """The finetuning types a bitsandbytes optimizer runs inside (the registry's ``bnb_optimizers``)."""
-    from llmtune.methods import METHODS  # the registry imports this module
+    from llmtune.methods import METHODS  # methods.registry -> model -> model.loader -> this module
 
     return tuple(name for name, method in METHODS.items() if method.bnb_optimizers)
 
@@ -91,7 +91,7 @@ def check_quantization(args: Any, finetuning_type: str | None = None) -> None:
             raise one_of("quantization_type", model.quantization_type, QUANTIZATION_TYPES)
         if not bitsandbytes_installed():
             raise ConfigError(f"quantization_bit: {bits} needs bitsandbytes, which is not installed: {INSTALL}")
-        from llmtune.compat import Cell, refuse  # the table imports this module
+        from llmtune.compat import Cell, refuse  # compat -> methods -> model -> model.loader -> this module
 
         refuse(Cell(method, "none", "1", "fp32", f"{bits}bit"))  # which methods may be quantised: the table
     if is_bnb_optim(optim):
