@@ -249,6 +249,7 @@ def test_the_two_jobs_chat_export_and_compare_in_a_browser(ui):
         page.goto(url)
         page.wait_for_selector("#start-classification")
         wait_text(page, "#memory-line", "lora: ", 120)  # the memory picture is drawn from the start
+        page.wait_for_selector("#memory-plot img, #memory-plot svg, #memory-plot canvas", timeout=60_000)
         height = page.evaluate("document.documentElement.scrollHeight")
         page.screenshot(path=str(artifacts / "webui_train.png"), full_page=True)
         assert height <= 2 * 1000, f"the Train tab is {height} px high with its sections closed"
