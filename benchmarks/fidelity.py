@@ -191,8 +191,14 @@ def run_train(job: dict) -> dict:
 
 
 def run_kernel_row(job: dict) -> dict:
-    """One seed of ``llmtune kernel`` (the eNTK solved as a kernel problem) on the same split and test set."""
-    from llmtune.kernel.run import run_kernel_config
+    """One seed of ``llmtune kernel`` (the eNTK solved as a kernel problem) on the same split and test set.
+
+    One pass over the Jacobians computes and caches every formula's kernels (``llmtune.kernel.run``), so
+    the first kernel row of a seed computes (``kernel_pass: computed``) and the others read the cache
+    (``cached``); ``train_seconds`` is the pass's time either way.
+    """
+    from llmtune.kernel.config import parse_kernel_args
+    from llmtune.kernel.run import SPLITS, cache_path, load_kernel_data, run_kernel_config
 
     config = {
         "model_name_or_path": job["model"],
@@ -204,8 +210,13 @@ def run_kernel_row(job: dict) -> dict:
         "kernel_params": "all",
         "output_dir": job["output_dir"],
     }
+    if job.get("kernel_cache_dir"):
+        config["kernel_cache_dir"] = job["kernel_cache_dir"]
     if job.get("test_samples"):
         config["max_samples"] = job["test_samples"]
+    run = parse_kernel_args(config)
+    [data] = load_kernel_data(run)
+    cached = all(cache_path(run, split, data.seed, data.train, getattr(data, split)).is_file() for split in SPLITS)
     start = time.perf_counter()
     result = run_kernel_config(config, say=lambda line: None)
     seed = result["per_seed"][0]
@@ -214,6 +225,8 @@ def run_kernel_row(job: dict) -> dict:
         "dev_accuracy": seed["dev"]["accuracy"],
         "trainable_params": 0,
         "seconds": round(time.perf_counter() - start, 1),
+        "train_seconds": round(seed["kernel_seconds"], 1),
+        "kernel_pass": "cached" if cached else "computed",
     }
 
 
@@ -295,7 +308,7 @@ def run_job(job: dict, timeout: float) -> dict:
     env = {**CHILD_ENV, **os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     load_before = os.getloadavg()[0]
     began = time.time()
-    record = {k: v for k, v in job.items() if k not in ("output_dir", "options")}
+    record = {k: v for k, v in job.items() if k not in ("output_dir", "options", "kernel_cache_dir")}
     record["options"] = job.get("options")
     try:
         done = subprocess.run(
@@ -382,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         "--test_samples", type=int, help="score the first N test examples (balanced; default: the budget's, or all)"
     )
     parser.add_argument("--results", default=str(RESULTS), help="results file (default: docs/fidelity/results.jsonl)")
+    parser.add_argument(
+        "--kernel_cache", help="where the kernel rows cache their kernels (default: llmtune kernel's, $LLMTUNE_HOME)"
+    )
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds one run may take")
     parser.add_argument("--report", action="store_true", help="only write docs/fidelity.md from the results")
     parser.add_argument("--child", nargs=2, metavar=("JOB", "RESULT"), help=argparse.SUPPRESS)
@@ -405,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs_of(row, args.budget, seeds, setting, results):
             if done_key(job) in {done_key(r) for r in read_results(results) if "error" not in r}:
                 continue
+            if job["kind"] == "kernel" and args.kernel_cache:
+                job["kernel_cache_dir"] = args.kernel_cache
             record = run_job(job, args.timeout)
             record["machine"] = machine()
             append(record, results)

@@ -73,10 +73,12 @@ def test_a_busy_runs_time_is_not_reported():
 
 @pytest.mark.slow
 def test_the_suite_runs_resumes_and_writes_its_page(tmp_path):
-    """Three rows on the tiny model and demo_sst2 (k = 4, 2 seeds, 2 steps); a second call runs nothing."""
+    """Four rows on the tiny model and demo_sst2 (k = 4, 2 seeds, 2 steps); a second call runs nothing. The
+    signgd kernel rows read the kernels the sgd rows' pass cached, and report that pass's cost."""
     results = tmp_path / "results.jsonl"
     argv = ["--budget", "smoke", "--model", "llmtune/tiny-llama", "--task", "demo_sst2", "--k", "4"]
-    argv += ["--test_samples", "8", "--rows", "zero_shot,zo,kernel_sgd", "--seeds", "13,21", "--results", str(results)]
+    argv += ["--test_samples", "8", "--rows", "zero_shot,zo,kernel_sgd,kernel_signgd", "--seeds", "13,21"]
+    argv += ["--results", str(results), "--kernel_cache", str(tmp_path / "kernels")]
     before = dict(os.environ)
     assert fidelity.main(argv) == 0
     assert dict(os.environ) == before  # later tests' subprocesses inherit this process's environment
@@ -84,11 +86,16 @@ def test_the_suite_runs_resumes_and_writes_its_page(tmp_path):
     assert [(r["row"], r["seed"], r["phase"]) for r in runs] == [
         ("zero_shot", None, "final"), ("zo", 13, "grid"), ("zo", 13, "grid"), ("zo", 21, "final"),
         ("kernel_sgd", 13, "final"), ("kernel_sgd", 21, "final"),
+        ("kernel_signgd", 13, "final"), ("kernel_signgd", 21, "final"),
     ]  # fmt: skip
+    assert [r.get("kernel_pass") for r in runs[4:]] == ["computed", "computed", "cached", "cached"]
+    assert [r["train_seconds"] for r in runs[4:6]] == [r["train_seconds"] for r in runs[6:]]  # the pass's time
+    table = fidelity_report.summarise(runs)
+    assert table["kernel_signgd"]["peak"] == table["kernel_sgd"]["peak"]  # the pass's memory, not the reader's
     assert all("error" not in r and 0 <= r["test_accuracy"] <= 1 for r in runs)
     assert runs[1]["curve"][0]["step"] == 0 and runs[1]["curve"][-1]["step"] == 2
     assert fidelity.main(argv) == 0
-    assert len(results.read_text().splitlines()) == 6  # resumed: nothing ran again
+    assert len(results.read_text().splitlines()) == 8  # resumed: nothing ran again
     page = (tmp_path / "fidelity.md").read_text()
     assert "| zo | MeZO" in page and "not run yet" in page
 

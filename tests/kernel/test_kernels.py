@@ -42,7 +42,7 @@ def tiny():
 def _kernel(tiny, formula, batch_size=2, block_params=30_000, columns=None):
     model, tokenizer, items, params, _ = tiny
     every = {n: p.detach() for n, p in model.named_parameters()}
-    output_fn = label_logits(model, difference=formula == "asymmetric_signgd")
+    output_fn = label_logits(model)
 
     def fn(part, batch):
         return output_fn({**every, **part}, batch)
@@ -50,7 +50,9 @@ def _kernel(tiny, formula, batch_size=2, block_params=30_000, columns=None):
     blocks = parameter_blocks(params, block_params)
     assert len(blocks) >= 2  # several streamed blocks
     rows = batches(items, batch_size, tokenizer.pad_token_id)
-    return compute_kernel(fn, params, blocks, rows, columns or {"train": None}, formula)
+    formulas = formula if isinstance(formula, tuple) else (formula,)
+    kernels = compute_kernel(fn, params, blocks, rows, columns or {"train": None}, formulas)
+    return kernels if isinstance(formula, tuple) else kernels[formula]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def test_positions_where_every_row_is_zero_are_dropped_exactly(tiny):
     assert kept is not None and size - len(kept) > embedding // 2  # most of the embedding matrix is dropped
     dense_rows = torch.cat([jacobian(fn, params, names, b) for b in rows]).double()
     dense_cols = torch.cat([jacobian(fn, params, names, b) for b in cols]).double()
-    kernels = compute_kernel(fn, params, [names], rows, {"train": None, "eval": cols}, "sgd")
+    kernels = compute_kernel(fn, params, [names], rows, {"train": None, "eval": cols}, ("sgd",))["sgd"]
     for name, other in (("train", dense_rows), ("eval", dense_cols)):
         expected = torch.einsum("acp,bdp->acbd", dense_rows, other)
         torch.testing.assert_close(kernels[name], expected, rtol=1e-5, atol=1e-7 * expected.abs().max().item())
@@ -122,6 +124,22 @@ def test_asymmetric_signgd_pairs_signs_with_plain_jacobians(tiny):
     assert kernel.shape == (5, 1, 5, 1)
     torch.testing.assert_close(kernel, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item())
     assert not torch.allclose(kernel[:, 0, :, 0], kernel[:, 0, :, 0].T)  # both orders kept, they differ
+
+
+def test_one_pass_gives_every_formula_as_its_own_pass_does(tiny):
+    """The three formulas from one set of Jacobians (against the rows and another column set) equal each
+    formula computed alone, and the asymmetric one equals the Jacobian of the logit difference itself."""
+    _, tokenizer, items, _, dense = tiny
+    columns = {"train": None, "eval": batches(items[::-1], 2, tokenizer.pad_token_id)}
+    together = _kernel(tiny, ("sgd", "signgd", "asymmetric_signgd"), batch_size=2, columns=columns)
+    for formula, kernels in together.items():
+        alone = _kernel(tiny, formula, batch_size=2, columns=columns)
+        for name in columns:
+            assert torch.equal(kernels[name], alone[name]), (formula, name)
+    diff = (dense[:, 1] - dense[:, 0]).unsqueeze(1)
+    expected = torch.einsum("acp,bdp->acbd", diff.sign(), diff.flip(0))
+    got = together["asymmetric_signgd"]["eval"]
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item())
 
 
 def test_sgd_kernel_is_symmetric_positive_semidefinite(sgd_kernel):
@@ -153,7 +171,9 @@ def test_kernel_prediction_equals_gradient_descent_on_a_linear_model():
 
     train_batches, eval_batches = [as_batch(x_train[:4]), as_batch(x_train[4:])], [as_batch(x_eval)]
     blocks = parameter_blocks(params, 10)
-    kernels = compute_kernel(output_fn, params, blocks, train_batches, {"train": None, "eval": eval_batches}, "sgd")
+    kernels = compute_kernel(output_fn, params, blocks, train_batches, {"train": None, "eval": eval_batches}, ("sgd",))[
+        "sgd"
+    ]
     k_train, k_eval = kernels["train"], kernels["eval"]
     f0_train, f0_eval = (
         initial_outputs(output_fn, params, train_batches),

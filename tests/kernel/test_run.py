@@ -107,6 +107,31 @@ def test_another_seed_or_formula_is_another_cache_entry(computed):
     assert cache_path(run, "train", 4, data.train, data.train) != base
 
 
+def test_one_pass_caches_every_formula_and_another_formula_reads_it(computed, monkeypatch):
+    """The fixture's sgd run cached the signgd and asymmetric_signgd kernels of the same Jacobians: a run with
+    either loads no model and equals that formula computed on its own in a fresh cache."""
+    from llmtune.kernel.run import cache_path
+
+    tmp, run, data, _ = computed
+    for formula in ("signgd", "asymmetric_signgd"):
+        for split in ("train", "dev", "eval"):
+            assert cache_path(run, split, 3, data.train, getattr(data, split), formula).is_file()
+    fresh = {f: compute_kernels(_run(tmp / f, kernel_formula=f), data) for f in ("signgd", "asymmetric_signgd")}
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the model was loaded although the kernels are cached")
+
+    monkeypatch.setattr("llmtune.model.load_model", refuse)
+    for formula, alone in fresh.items():
+        cached = compute_kernels(_run(tmp, kernel_formula=formula), data)
+        for split in ("train", "dev", "eval"):
+            torch.testing.assert_close(cached[split]["kernel"], alone[split]["kernel"], rtol=1e-6, atol=1e-9)
+            assert torch.equal(cached[split]["f0"], alone[split]["f0"])
+    assert cached["eval"]["kernel"].shape == (8, 1, 8, 1) and cached["eval"]["f0"].shape == (8, 1)
+    result = run_kernel(_run(tmp, kernel_formula="asymmetric_signgd"), say=lambda _line: None)
+    assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
+
+
 def _hand_accuracy(kernels: dict, data, split: str) -> float:
     """Kernel regression by hand: solve ``K^T alpha = y`` (+-1 targets; f0 not subtracted, the default), predict
     ``K_x^T alpha``."""
@@ -140,7 +165,8 @@ def test_several_seeds_give_per_seed_dev_and_test_accuracy_and_mean_std(computed
         a, b = expected[name]
         assert result[key]["accuracy"] == pytest.approx((a + b) / 2)
         assert result[f"{key}_std"]["accuracy"] == pytest.approx(abs(a - b) / 2)  # population std, as LM-BFF
-    assert len(list((tmp / "cache").glob("demo_sst2-*-seed5-*.pt"))) == 3  # train, dev and eval, cached per seed
+    # train, dev and eval, cached per seed, for each of the three formulas (one pass computes them all)
+    assert len(list((tmp / "cache").glob("demo_sst2-*-seed5-*.pt"))) == 9
     assert "± " in lines[-1] and lines[-1].endswith("over 2 seeds (3, 5)")
     saved = json.loads((tmp / "out" / "demo_sst2" / "results.json").read_text())
     assert saved["per_seed"] == result["per_seed"] and saved["kernel"]["seeds"] == [3, 5]
@@ -236,7 +262,7 @@ def test_two_processes_compute_the_same_kernel_as_one(tmp_path):
         name: {p.name: torch.load(p, weights_only=True) for p in (tmp_path / name / "cache").glob("*.pt")}
         for name in ("one", "two")
     }
-    assert len(cached["one"]) == 3 and cached["one"].keys() == cached["two"].keys()  # train, dev, eval
+    assert len(cached["one"]) == 9 and cached["one"].keys() == cached["two"].keys()  # train, dev, eval x 3 formulas
     for file, content in cached["one"].items():
         assert torch.equal(content["kernel"], cached["two"][file]["kernel"]), file
         assert torch.equal(content["f0"], cached["two"][file]["f0"]), file

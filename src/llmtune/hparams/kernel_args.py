@@ -111,7 +111,8 @@ class KernelArguments:
         default=None,
         metadata={
             "help": "Where kernels are cached, keyed by model, task, split, seed, formula and parameters "
-            "(default: $LLMTUNE_HOME/kernel_cache). A second run with another solver loads no model."
+            "(default: $LLMTUNE_HOME/kernel_cache). A second run with another solver loads no model; one pass caches "
+            "every formula's kernels (the same Jacobians), so another kernel_formula loads none either."
         },
     )
     lora_rank: int = field(default=8, metadata={"help": "kernel_params lora: rank of the adapter."})

@@ -4,8 +4,13 @@ For outputs ``f(x) in R^C`` and parameters ``theta``, with ``J(x) = df(x)/dtheta
 
 * ``sgd``:               ``K[i, c, j, d] = <J_c(x_i), J_d(x_j)>`` (the eNTK; symmetric PSD);
 * ``signgd``:            ``K[i, c, j, d] = <sign J_c(x_i), sign J_d(x_j)>``;
-* ``asymmetric_signgd``: ``K[i, c, j, d] = <sign J_c(x_i), J_d(x_j)>``, ``x_i`` a training example: one
-  signGD step on ``x_i`` moves ``f(x_j)`` by this much (not symmetric: both orders are kept).
+* ``asymmetric_signgd`` (binary tasks): ``K[i, j] = <sign D(x_i), D(x_j)>`` with ``D = J_1 - J_0`` the
+  Jacobian of the logit difference, ``x_i`` a training example: one signGD step on ``x_i`` moves
+  ``f(x_j)`` by this much (not symmetric: both orders are kept).
+
+All three are products of the same per-example Jacobians ``J`` of the ``C`` label-word logits, so
+one pass computes every formula asked for: a formula costs only its products (the signs and the
+difference are taken slice by slice inside them, so no second copy of the rows is held).
 
 The order of the work follows the cost. Parameters are streamed in blocks (``parameter_blocks``) and
 the kernel is a sum over blocks. For one block, the Jacobians of all the training examples (the
@@ -88,29 +93,65 @@ def jacobian(
 
 PRODUCT_SLICE = 1 << 16  # parameters per matrix product; the products of the slices are summed in float64
 
-
-def signs_for(formula: str) -> tuple[bool, bool]:
-    """Whether ``formula`` takes the sign of the rows' (training) and of the columns' Jacobians."""
-    if formula not in FORMULAS:
-        raise ValueError(f"unknown kernel formula {formula!r}; formulas: {', '.join(FORMULAS)}")
-    return formula in ("signgd", "asymmetric_signgd"), formula == "signgd"
+View = Callable[[torch.Tensor], torch.Tensor]  # [N, C, S] -> [N, C', S], applied to one slice
 
 
-def kernel_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """``[Ba, C, P] x [Bb, D, P] -> [Ba, C, Bb, D]`` (float64): ``PRODUCT_SLICE`` parameters at a time in float32
-    (float64 for float64 Jacobians), the slices' products summed in float64.
+def _difference(jac: torch.Tensor) -> torch.Tensor:
+    """``[N, 2, S] -> [N, 1, S]``: the Jacobian of the logit difference ``f_1 - f_0``."""
+    return (jac[:, 1] - jac[:, 0]).unsqueeze(1)
+
+
+def _sign_of_difference(jac: torch.Tensor) -> torch.Tensor:
+    return _difference(jac).sign()
+
+
+# formula -> (view of the rows' Jacobians, view of the columns'); None: the Jacobians as they are
+VIEWS: dict[str, tuple[View | None, View | None]] = {
+    "sgd": (None, None),
+    "signgd": (torch.sign, torch.sign),
+    "asymmetric_signgd": (_sign_of_difference, _difference),
+}
+
+
+def check_formulas(formulas: tuple[str, ...]) -> None:
+    unknown = [f for f in formulas if f not in FORMULAS]
+    if unknown:
+        raise ValueError(f"unknown kernel formula {unknown[0]!r}; formulas: {', '.join(FORMULAS)}")
+
+
+def outputs_of(formula: str, classes: int) -> int:
+    """The kernel's outputs per example: one logit difference for ``asymmetric_signgd``, else the classes."""
+    return 1 if formula == "asymmetric_signgd" else classes
+
+
+def initial_of(formula: str, f0: torch.Tensor) -> torch.Tensor:
+    """The initial outputs ``[N, C]`` as ``formula``'s kernel sees them (``[N, 1]``: their difference)."""
+    return (f0[:, 1] - f0[:, 0]).unsqueeze(1) if formula == "asymmetric_signgd" else f0
+
+
+def kernel_product(
+    left: torch.Tensor, right: torch.Tensor, left_view: View | None = None, right_view: View | None = None
+) -> torch.Tensor:
+    """``[Ba, C, P] x [Bb, D, P] -> [Ba, C', Bb, D']`` (float64): ``PRODUCT_SLICE`` parameters at a time in
+    float32 (float64 for float64 Jacobians), each slice seen through its view first, the slices' products
+    summed in float64.
 
     A float32 product of 65,536 terms is within ~1e-6 of the float64 one, the float32 Jacobians' own
     rounding; for signs (the signgd kernel) it is exact. Converting every slice to float64 instead
     took 3-10x longer on the CPU (the rows are converted again for every column batch).
     """
-    a2, b2 = left.reshape(-1, left.shape[-1]), right.reshape(-1, right.shape[-1])
     dtype = torch.float64 if left.dtype == torch.float64 else torch.float32
-    out = torch.zeros(a2.shape[0], b2.shape[0], dtype=torch.float64, device=left.device)
-    for start in range(0, a2.shape[1], PRODUCT_SLICE):
-        a, b = a2[:, start : start + PRODUCT_SLICE], b2[:, start : start + PRODUCT_SLICE]
-        out += (a.to(dtype) @ b.to(dtype).T).double()
-    return out.reshape(left.shape[0], left.shape[1], right.shape[0], right.shape[1])
+    out = None
+    for start in range(0, left.shape[-1], PRODUCT_SLICE):
+        a, b = left[..., start : start + PRODUCT_SLICE], right[..., start : start + PRODUCT_SLICE]
+        a = a if left_view is None else left_view(a)
+        b = b if right_view is None else right_view(b)
+        if out is None:
+            shape = (a.shape[0], a.shape[1], b.shape[0], b.shape[1])
+            out = torch.zeros(shape[0] * shape[1], shape[2] * shape[3], dtype=torch.float64, device=left.device)
+        a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        out += (a2.to(dtype) @ b2.to(dtype).T).double()
+    return out.reshape(shape)
 
 
 def row_jacobians(
@@ -157,57 +198,68 @@ def compute_kernel(
     blocks: list[list[str]],
     row_batches: list[KernelBatch],
     columns: dict[str, list[KernelBatch] | None],
-    formula: str,
+    formulas: tuple[str, ...],
     rank: int = 0,
     world: int = 1,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, torch.Tensor]:
-    """``{name: kernel [N_rows, C, N_cols, C]}`` (float64, on the CPU) of the rows against each column set.
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``{formula: {name: kernel [N_rows, C', N_cols, C']}}`` (float64, on the CPU) of the rows against each
+    column set, for every formula of ``formulas`` from the one set of Jacobians of ``output_fn``'s ``C``
+    label-word logits (``C' = 1`` for ``asymmetric_signgd``, which needs ``C = 2``).
 
     A column set of ``None`` is the rows themselves. This process fills the column batches
     ``rank, rank + world, ...`` (counted over all column sets, the rows themselves first) and
     leaves zeros elsewhere: sum the results of all processes. Memory: the rows' Jacobians of one
-    block (``N x C x kernel_block_params`` in the model's dtype, less the dropped positions; twice
-    that for the sign formulas while the rows themselves are done) and one column batch's.
+    block (``N x C x kernel_block_params`` in the model's dtype, less the dropped positions) and one
+    column batch's, whatever the number of formulas.
     """
+    check_formulas(formulas)
     row_count = sum(len(b) for b in row_batches)
     classes = _classes(output_fn, params, row_batches[0])
+    if "asymmetric_signgd" in formulas and classes != 2:
+        raise ValueError(f"asymmetric_signgd needs two label words (one logit difference), not {classes}")
     work = [(name, 0) for name, cols in columns.items() if cols is None]  # the rows themselves first
     work += [(name, index) for name, cols in columns.items() if cols is not None for index in range(len(cols))]
     mine = work[rank::world]
     kernels = {
-        name: torch.zeros(
-            row_count, classes, row_count if cols is None else sum(len(b) for b in cols), classes, dtype=torch.float64
-        )
-        for name, cols in columns.items()
+        formula: {
+            name: torch.zeros(
+                row_count,
+                outputs_of(formula, classes),
+                row_count if cols is None else sum(len(b) for b in cols),
+                outputs_of(formula, classes),
+                dtype=torch.float64,
+            )
+            for name, cols in columns.items()
+        }
+        for formula in formulas
     }
     starts = {name: _starts(cols) for name, cols in columns.items() if cols is not None}
-    left_sign, right_sign = signs_for(formula)
     done = 0
     for names in blocks:
         if not mine:
             break
         # The rows' Jacobians of this block, held while every column batch of this process passes by.
-        plain, kept = row_jacobians(output_fn, params, names, row_batches)
-        left = plain.sign() if left_sign else plain
+        rows, kept = row_jacobians(output_fn, params, names, row_batches)
         for name, index in mine:
             cols = columns[name]
-            if cols is None:  # the rows themselves (asymmetric_signgd: signs against the plain Jacobians)
-                kernels[name] += kernel_product(left, left if right_sign else plain).cpu()
+            if cols is None:  # the rows themselves
+                right, span = rows, slice(None)
             else:
                 right = jacobian(output_fn, params, names, cols[index])
                 right = right if kept is None else right[..., kept]
-                begin, end = starts[name][index], starts[name][index + 1]
-                kernels[name][:, :, begin:end] += kernel_product(left, right.sign() if right_sign else right).cpu()
-                del right
-            plain = None  # only ``left`` is needed after the rows themselves, which come first
+                span = slice(starts[name][index], starts[name][index + 1])
+            for formula in formulas:
+                kernels[formula][name][:, :, span] += kernel_product(rows, right, *VIEWS[formula]).cpu()
+            del right
             done += 1
             if progress is not None:
                 progress(done, len(mine) * len(blocks))
-        del left, plain
-    for name, cols in columns.items():
-        if cols is None and formula in SYMMETRIC:  # a matrix product with itself is symmetric only up to rounding
-            kernels[name] = (kernels[name] + kernels[name].permute(2, 3, 0, 1)) / 2
+        del rows
+    for formula in formulas:
+        for name, cols in columns.items():
+            if cols is None and formula in SYMMETRIC:  # a matrix product with itself is symmetric only up to rounding
+                kernels[formula][name] = (kernels[formula][name] + kernels[formula][name].permute(2, 3, 0, 1)) / 2
     return kernels
 
 

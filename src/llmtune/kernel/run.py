@@ -26,7 +26,7 @@ from llmtune.data.tasks import TaskExample, load_task_examples, load_tasks
 from llmtune.kernel.compare import run_compare
 from llmtune.kernel.config import KernelRun, parse_kernel_args
 from llmtune.kernel.features import add_lora, batches, encode_examples, label_logits, select_parameters
-from llmtune.kernel.kernels import Progress, compute_kernel, initial_outputs, parameter_blocks
+from llmtune.kernel.kernels import FORMULAS, Progress, compute_kernel, initial_of, initial_outputs, parameter_blocks
 from llmtune.kernel.report import KernelData, score_seed, summarise, summary_line, write_results
 from llmtune.model import load_model, load_tokenizer
 
@@ -53,9 +53,13 @@ def load_kernel_data(run: KernelRun) -> list[KernelData]:
 # The cache
 
 
-def cache_path(run: KernelRun, split: str, seed: int, rows: list[TaskExample], cols: list[TaskExample]) -> Path:
-    """The cache file of one kernel: named by task, split, k, seed, formula, parameters; hashed over all it depends on."""
+def cache_path(
+    run: KernelRun, split: str, seed: int, rows: list[TaskExample], cols: list[TaskExample], formula: str | None = None
+) -> Path:
+    """The cache file of one kernel (``formula``: the run's by default): named by task, split, k, seed, formula,
+    parameters; hashed over all it depends on."""
     args = run.kernel
+    formula = formula or args.kernel_formula
     key = {
         "model": run.model.model_name_or_path,
         "revision": run.model.model_revision,
@@ -64,7 +68,7 @@ def cache_path(run: KernelRun, split: str, seed: int, rows: list[TaskExample], c
         "split": split,
         "k_shot": run.data.k_shot,
         "seed": seed,
-        "formula": args.kernel_formula,
+        "formula": formula,
         "params": args.kernel_params,
         "lora": [args.lora_rank, args.lora_target] if args.kernel_params == "lora" else None,
         "cutoff_len": run.data.cutoff_len,
@@ -73,7 +77,7 @@ def cache_path(run: KernelRun, split: str, seed: int, rows: list[TaskExample], c
         "cols": [[e.prompt, e.options] for e in cols],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    name = f"{args.task}-{split}-k{run.data.k_shot}-seed{seed}-{args.kernel_formula}-{args.kernel_params}-{digest}.pt"
+    name = f"{args.task}-{split}-k{run.data.k_shot}-seed{seed}-{formula}-{args.kernel_params}-{digest}.pt"
     return run.cache_dir / name
 
 
@@ -134,7 +138,7 @@ class KernelModel:
         if torch.cuda.is_available():
             model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
         model.eval()
-        output_fn = label_logits(model, difference=args.kernel_formula == "asymmetric_signgd")
+        output_fn = label_logits(model)  # every formula is a product of these logits' Jacobians
         params = select_parameters(model, args.kernel_params)
         every = {n: p.detach() for n, p in model.named_parameters()}
 
@@ -170,19 +174,23 @@ class KernelModel:
             self._outputs[key] = (encoded, initial_outputs(loaded["fn"], loaded["params"], encoded))
         return self._outputs[key]
 
-    def compute(self, data: KernelData, splits: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """``{split: {"kernel", "f0", "seconds"}}`` of the training examples against each split of ``splits``,
-        in one pass over the parameter blocks (``seconds``: the whole pass)."""
+    def compute(
+        self, data: KernelData, splits: list[str], formulas: tuple[str, ...]
+    ) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+        """``{formula: {split: {"kernel", "f0", "seconds"}}}`` of the training examples against each split of
+        ``splits``, for every formula of ``formulas``, in one pass over the parameter blocks (``seconds``: the
+        whole pass, the same for every formula)."""
 
         loaded = self._load()
         started = time.perf_counter()
         rows, f0_train = self.encoded(data.train, data.task.name)
         encoded = {split: self.encoded(getattr(data, split), data.task.name) for split in splits if split != "train"}
         logger.info(
-            "kernel seed %d: %d training examples against %s",
+            "kernel seed %d: %d training examples against %s (%s)",
             data.seed,
             len(data.train),
             ", ".join(f"{split} ({len(getattr(data, split))})" for split in splits),
+            ", ".join(formulas),
         )
         kernels = compute_kernel(
             loaded["fn"],
@@ -190,52 +198,77 @@ class KernelModel:
             loaded["blocks"],
             rows,
             {split: None if split == "train" else encoded[split][0] for split in splits},
-            self.run.kernel.kernel_formula,
+            formulas,
             self.rank,
             self.world,
             Progress(f"seed {data.seed}"),
         )
         seconds = torch.tensor(time.perf_counter() - started)
-        results: dict[str, dict] = {}
-        for split in splits:
-            if self.world > 1:
-                import torch.distributed as dist
+        results: dict[str, dict[str, dict]] = {formula: {} for formula in formulas}
+        for formula in formulas:
+            for split in splits:
+                if self.world > 1:
+                    import torch.distributed as dist
 
-                dist.all_reduce(kernels[split])  # each entry was filled by exactly one process: the sum is exact
-            f0 = f0_train if split == "train" else encoded[split][1]
-            results[split] = {"kernel": kernels[split], "f0": f0, "seconds": seconds}
+                    dist.all_reduce(kernels[formula][split])  # each entry was filled by one process: the sum is exact
+                f0 = f0_train if split == "train" else encoded[split][1]
+                results[formula][split] = {
+                    "kernel": kernels[formula][split],
+                    "f0": initial_of(formula, f0),
+                    "seconds": seconds,
+                }
         return results
 
 
-def compute_kernels(run: KernelRun, data: KernelData, model: KernelModel | None = None) -> dict[str, dict]:
-    """``{split: {"kernel", "f0"}}`` for ``SPLITS`` of one seed, from the cache or computed (split across processes).
+def formulas_of(run: KernelRun, task_options: int) -> tuple[str, ...]:
+    """The run's formula first, then every other one this task allows: one pass over the Jacobians computes
+    (and caches) them all for the price of their products."""
+    allowed = [f for f in FORMULAS if f != "asymmetric_signgd" or task_options == 2]
+    return (run.kernel.kernel_formula, *[f for f in allowed if f != run.kernel.kernel_formula])
 
-    ``model`` is loaded only when a kernel is missing; pass the same one for every seed.
+
+def compute_kernels(run: KernelRun, data: KernelData, model: KernelModel | None = None) -> dict[str, dict]:
+    """``{split: {"kernel", "f0"}}`` of the run's formula for ``SPLITS`` of one seed, from the cache or computed
+    (split across processes).
+
+    A pass that has to run computes every formula's kernel of the missing splits (:func:`formulas_of`) and
+    caches those not cached yet, so a later run with another ``kernel_formula`` reads them. ``model`` is
+    loaded only when a kernel is missing; pass the same one for every seed.
     """
     model = model or KernelModel(run)
-    paths = {split: cache_path(run, split, data.seed, data.train, getattr(data, split)) for split in SPLITS}
-    found = {split: _load(path) for split, path in paths.items()}
+    formulas = formulas_of(run, len(data.task.options))
+    paths = {
+        (formula, split): cache_path(run, split, data.seed, data.train, getattr(data, split), formula)
+        for formula in formulas
+        for split in SPLITS
+    }
+    found = {key: _load(path) for key, path in paths.items()}
     if model.world > 1:  # every process must agree on what to compute
         import torch.distributed as dist
 
-        flags = torch.tensor([found[s] is None for s in paths], dtype=torch.long)
+        flags = torch.tensor([found[key] is None for key in paths], dtype=torch.long)
         dist.all_reduce(flags)
-        found = {s: None if flags[i] else found[s] for i, s in enumerate(paths)}
-    missing = [split for split, content in found.items() if content is None]
-    for split in paths:
+        found = {key: None if flags[i] else found[key] for i, key in enumerate(paths)}
+    formula = run.kernel.kernel_formula
+    missing = [split for split in SPLITS if found[(formula, split)] is None]
+    for split in SPLITS:
         if split not in missing:
-            logger.info("kernel %s (seed %d): from the cache %s", split, data.seed, paths[split])
+            logger.info("kernel %s (seed %d): from the cache %s", split, data.seed, paths[(formula, split)])
     if missing:
-        found.update(model.compute(data, missing))
-        if model.rank == 0:
+        computed = model.compute(data, missing, formulas)
+        for other in formulas:
             for split in missing:
-                _save(paths[split], found[split])
-                logger.info("kernel %s (seed %d): cached in %s", split, data.seed, paths[split])
+                key = (other, split)
+                if found[key] is None:
+                    found[key] = computed[other][split]
+                    if model.rank == 0:
+                        _save(paths[key], found[key])
+                        logger.info("kernel %s %s (seed %d): cached in %s", other, split, data.seed, paths[key])
     if model.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return found
+    return {split: found[(formula, split)] for split in SPLITS}
 
 
 def run_kernel(run: KernelRun, say: Callable[[str], None] = print) -> dict[str, Any]:
