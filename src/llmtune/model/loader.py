@@ -29,6 +29,7 @@ from llmtune.model.dtypes import compute_dtype, compute_dtype_name, set_training
 from llmtune.model.quantization import quantized_load_kwargs
 from llmtune.model.smollm2 import SMOLLM2_MODEL_NAME, ensure_smollm2_model, find_gguf_file, smollm2_model_dir
 from llmtune.model.tiny import BUILD_MARKER, TINY_MODEL_NAME, ensure_tiny_model
+from llmtune.parameters import full_numel
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """
     trainable = total = 0
     for param in model.parameters():
-        count = getattr(param, "ds_numel", 0) or param.numel()
+        count = full_numel(param)
         if type(param).__name__ == "Params4bit":
             count *= 2
         total += count

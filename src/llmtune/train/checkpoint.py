@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from llmtune.errors import CheckpointError
+from llmtune.parameters import full_numel
 
 logger = logging.getLogger("llmtune")
 
@@ -87,7 +88,7 @@ def expected_weight_numel(model: torch.nn.Module) -> tuple[int, bool]:
         if id(param) in seen or (adapter_only and not param.requires_grad):
             continue
         seen.add(id(param))
-        total += int(getattr(param, "ds_numel", param.numel()))
+        total += full_numel(param)
     return total, adapter_only
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from llmtune.errors import LlmtuneError
+from llmtune.parameters import full_numel
 
 GIB = 2**30
 
@@ -39,7 +40,7 @@ def estimate_training_bytes(
         if id(param) in seen:
             continue
         seen.add(id(param))
-        numel = int(getattr(param, "ds_numel", param.numel()))
+        numel = full_numel(param)
         weights += numel * param.element_size()
         if param.requires_grad if trainable_ids is None else id(param) in trainable_ids:
             gradients += numel * (

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from llmtune.errors import ConfigError
+from llmtune.parameters import full_numel
 
 LAYER_PATTERN = re.compile(r"^(.*?(?:^|\.)(?:layers|h|blocks|layer)\.\d+)\.")
 # Transformers' own rule for parameters that get no weight decay (biases and norms), plus 1-D tensors.
@@ -40,11 +41,6 @@ class ParamBlock:
     @property
     def nbytes(self) -> int:
         return sum(full_numel(p) * p.element_size() for _, p in self.params)
-
-
-def full_numel(param: torch.Tensor) -> int:
-    """The parameter's element count, also when DeepSpeed ZeRO-3 holds only this process's partition of it."""
-    return param.ds_numel if hasattr(param, "ds_numel") else param.numel()
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
