@@ -230,7 +230,7 @@ class BlockOptimizer(torch.optim.Optimizer):
         self._active = index
         block = self.blocks[index]
         if self.zero3:
-            self._activate_zero3(block)
+            self._activate_zero3(index)
             return
         targets: list[list[torch.Tensor]] = [[], []]
         for _, param in block.params:
@@ -248,20 +248,20 @@ class BlockOptimizer(torch.optim.Optimizer):
         self.base = self.base_optimizer_class(groups, **self.defaults)
         self._log_activation(index)
 
-    def _activate_zero3(self, block: ParamBlock) -> None:
+    def _activate_zero3(self, index: int) -> None:
         # DeepSpeed reads the trainable parameters from this optimizer's groups (decay, no decay: their
         # indices are how it maps its partitions back) and steps them through the base optimizer, which
         # follows (_sync_zero3); then DeepSpeed's partitions are rebuilt for them (none before the engine exists).
         for group, params in zip(self.param_groups, self._group_params, strict=True):
             group["params"] = list(params)  # DeepSpeed takes the trainable ones: never an empty group
-        for _, param in block.params:
+        for _, param in self.blocks[index].params:
             param.requires_grad_(True)
         hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.param_groups]
         self.base = self.base_optimizer_class([{**h, "params": []} for h in hyper], **self.defaults)
         ds = zero3_optimizer(self._scope)
         if ds is not None:
             repartition(ds)
-        self._log_activation(self.blocks.index(block))
+        self._log_activation(index)
 
     def _log_activation(self, index: int) -> None:
         block = self.blocks[index]

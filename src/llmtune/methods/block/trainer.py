@@ -77,8 +77,9 @@ class BlockTrainer(LlmtuneTrainer):
                 {"deepspeed": self.args.deepspeed, "fsdp": self.args.fsdp, "fp16": self.args.fp16},
                 world_size=self.args.world_size,
             )
-            self.optimizer = self.build_optimizer(setup, self.args, zero3=self._zero3())
-            if self._zero3():  # DeepSpeed runs the step; the block schedule moves on after it
+            zero3 = self._zero3()
+            self.optimizer = self.build_optimizer(setup, self.args, zero3=zero3)
+            if zero3:  # DeepSpeed runs the step; the block schedule moves on after it
                 self.add_callback(FinishStepAfterDeepSpeed(self.optimizer))
             self._stop_backward_at_the_active_block()
             self._warn_about_untrained_blocks(setup)
