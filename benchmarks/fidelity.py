@@ -146,7 +146,10 @@ def run_train(job: dict) -> dict:
 
         def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
             self.queries += _queries(optimizer)
-            if state.global_step % every == 0 or state.global_step == state.max_steps:
+            spent = job.get("max_queries") is not None and self.queries >= job["max_queries"]
+            if spent:  # the query budget is used up: the last point, and no further step
+                control.should_training_stop = True
+            if state.global_step % every == 0 or state.global_step == state.max_steps or spent:
                 self._point(state, model)
 
     config = {
@@ -184,6 +187,8 @@ def run_train(job: dict) -> dict:
         "test_accuracy": last["test"],
         "curve": curve,
         "losses": losses,
+        "steps_done": last["step"],  # below ``steps`` when a query budget stopped the run
+        "queries": callback.queries,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_seconds": round(seconds - callback.eval_seconds, 1),
         "eval_seconds": round(callback.eval_seconds, 1),
@@ -373,6 +378,8 @@ def jobs_of(row: str, budget: str, seeds: list[int], setting: dict, path: Path =
         return
     family = BUDGETS[budget][spec["family"]]
     train = {**base, **family, "options": spec["options"]}
+    if spec.get("equal_queries"):  # stop at the queries of a one-query-per-step run of the budget
+        train["max_queries"] = family["steps"]
     first, rest = seeds[0], seeds[1:]
     for lr in spec["grid"]:
         yield {**train, "seed": first, "lr": lr, "phase": "grid"}

@@ -9,6 +9,7 @@ work, and its time is marked and left out of the medians.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -34,7 +35,7 @@ WHAT = {
     "zo_lora": "MeZO on LoRA adapters",
     "zo_prefix": "MeZO on 5 prefix tokens",
     "zo_adamu": "ZO-AdaMU",
-    "adazeta": "AdaZeta: zeroth-order tensor-train adapters, growing queries",
+    "adazeta": "AdaZeta: zeroth-order tensor-train adapters, growing queries, stopped at zo_lora's query budget",
     "kernel_sgd": "LM-Kernel-FT: eNTK of the label-word logits (SGD kernel), least squares, no training",
     "kernel_signgd": "LM-Kernel-FT: sign-GD kernel, least squares",
     "kernel_asymmetric_signgd": "LM-Kernel-FT: asymmetric sign-GD kernel, least squares",
@@ -115,7 +116,7 @@ def summarise(records: list[dict]) -> dict[str, dict]:
             "test": _mean_std(test),
             "dev": _mean_std(dev) if dev else None,
             "lr": runs[0].get("lr"),
-            "steps": runs[0].get("steps"),
+            "steps": runs[0].get("steps_done", runs[0].get("steps")),
             "params": runs[0].get("trainable_params"),
             "peak": statistics.median(r["peak_rss_bytes"] for r in cost),
             "seconds": statistics.median(seconds) if seconds else None,
@@ -300,7 +301,7 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
             "AdaZeta: a higher accuracy than MeZO-LoRA at an equal query budget, and no divergence",
             f"adazeta - zo_lora {pts(ada)}; queries per run: adazeta {queries['adazeta']}, zo_lora "
             f"{queries['zo_lora']}{_so_far(table, ('adazeta', 'zo_lora'))}",
-            _judged(table, ("adazeta", "zo_lora"), lambda: "reproduced" if ada > 0 else "not reproduced"),
+            _judged(table, ("adazeta", "zo_lora"), lambda: _adazeta_verdict(table, ada)),
         )
     )
     for row in ("loretta_adp", "loretta_rep"):
@@ -354,6 +355,20 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
             )
         )
     return out
+
+
+def _diverged(run: dict) -> bool:
+    """A non-finite training loss, or test accuracy that ended more than ``CLOSE`` below where it started."""
+    curve = run.get("curve") or []
+    unstable = any(not math.isfinite(loss) for loss in run.get("losses") or [])
+    return unstable or (bool(curve) and curve[-1]["test"] < curve[0]["test"] - CLOSE)
+
+
+def _adazeta_verdict(table: dict[str, dict], gap: float) -> str:
+    diverged = [r["seed"] for r in table["adazeta"]["runs"] if _diverged(r)]
+    if diverged:
+        return f"not reproduced: diverged on seed {', '.join(map(str, diverged))}"
+    return "reproduced (no divergence)" if gap > 0 else "not reproduced (no divergence)"
 
 
 def _total_queries(table, row: str) -> str:

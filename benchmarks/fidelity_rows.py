@@ -71,8 +71,11 @@ ROWS: dict[str, dict] = {
     "zo_adamu": {"kind": "train", "family": "zo",
                  "options": {"finetuning_type": "zo", "zo_optimizer": "adamu", "zo_eps": 1e-3},
                  "grid": [1e-6, 1e-5]},
+    # AdaZeta's claim is at an equal query budget: its queries per step grow (up to 15), so its run stops
+    # once it has made as many queries as a MeZO run of the budget makes (one per step); the schedule is
+    # the one of the budget's whole run.
     "adazeta": {"kind": "train", "family": "zo", "options": {"finetuning_type": "adazeta"},
-                "grid": [1e-4, 3e-4]},
+                "grid": [1e-4, 3e-4], "equal_queries": True},
     # LM-Kernel-FT: no training; the eNTK of the label-word logits on the seed's k-shot split (llmtune kernel)
     "kernel_sgd": {"kind": "kernel", "formula": "sgd", "solver": "lstsq"},
     "kernel_signgd": {"kind": "kernel", "formula": "signgd", "solver": "lstsq"},

@@ -10,6 +10,8 @@ import pytest
 from benchmarks import fidelity, fidelity_report
 
 SETTING = {"row": "zo", "budget": "cpu", "model": "m", "task": "t"}
+SEEDS = (21, 42, 87, 100)  # the seeds after the grid's 13
+ADAZETA = "AdaZeta: a higher accuracy than MeZO-LoRA at an equal query budget, and no divergence"
 
 
 def record(row, seed, lr, dev, test, phase="final", **extra):
@@ -64,11 +66,39 @@ def test_verdicts_come_from_complete_rows_follow_the_numbers_and_say_what_is_mis
     assert fidelity_report.verdicts(fidelity_report.summarise(ungridded))[0][2].startswith("pending (zo: 1 of 5")
 
 
+def test_adazeta_is_judged_at_equal_queries_and_on_divergence():
+    def row(name, test):  # the grid of two rates on seed 13 (the first chosen), the other seeds at it
+        grid = [record(name, 13, 1e-4, 0.7, test, "grid"), record(name, 13, 3e-4, 0.5, test, "grid")]
+        return grid + [record(name, s, 1e-4, 0.7, test) for s in SEEDS]
+
+    base, good = row("zo_lora", 0.54), row("adazeta", 0.60)
+    verdict = {claim: v for claim, _, v in fidelity_report.verdicts(fidelity_report.summarise(base + good))}
+    assert verdict[ADAZETA] == "reproduced (no divergence)"
+    good[3]["losses"] = [0.7, float("nan")]
+    verdict = {claim: v for claim, _, v in fidelity_report.verdicts(fidelity_report.summarise(base + good))}
+    assert verdict[ADAZETA] == "not reproduced: diverged on seed 42"
+
+
 def test_a_busy_runs_time_is_not_reported():
     quiet, busy = record("full", 13, 1e-5, 0.8, 0.8, "grid"), record("full", 21, 1e-5, 0.8, 0.8)
     busy["load_average"], busy["train_seconds"] = [3.5, 1.0], 500.0
     table = fidelity_report.summarise([quiet, busy])
     assert table["full"]["seconds"] == 5.0 and table["full"]["busy"] == 1
+
+
+def test_adazeta_stops_at_the_query_budget_of_a_one_query_per_step_run(tmp_path):
+    """AdaZeta's claim is at an equal query budget: its job carries MeZO-LoRA's query count, and the run
+    stops at the first step that reaches it (here 2 queries a step, a budget of 5: after step 3)."""
+    setting = {"model": "llmtune/tiny-llama", "task": "demo_sst2", "k": 4, "test_samples": 8}
+    jobs = {
+        row: next(fidelity.jobs_of(row, "cpu", [13], setting, tmp_path / "r.jsonl")) for row in ("adazeta", "zo_lora")
+    }
+    assert jobs["adazeta"]["max_queries"] == jobs["zo_lora"]["steps"] and "max_queries" not in jobs["zo_lora"]
+    fixed = {"finetuning_type": "adazeta", "adazeta_alpha": 2, "adazeta_beta": 0.0}  # Q = 2 every step
+    job = {**jobs["adazeta"], "options": fixed, "steps": 20, "points": 4, "max_queries": 5, "lr": 1e-4}
+    result = fidelity.run_train({**job, "output_dir": str(tmp_path / "out")})
+    assert result["steps_done"] == 3 and result["queries"] == 6
+    assert [point["step"] for point in result["curve"]] == [0, 3] and result["curve"][-1]["queries"] == 6
 
 
 @pytest.mark.slow
