@@ -85,7 +85,7 @@ def _grid_progress(records: list[dict], row: str) -> str | None:
     return f"grid {len(tried)} of {len(grid)} so far" if grid and len(tried) < len(grid) else None
 
 
-def _pass_of(records: list[dict], record: dict) -> dict:
+def _pass_of(records: list[dict], record: dict) -> dict | None:
     """The record whose run paid for ``record``'s time and memory: for a kernel row whose kernels came from the
     cache, the kernel row of the same seed that computed them (one pass serves every formula); else itself."""
     if record.get("kernel_pass") != "cached":
@@ -95,7 +95,7 @@ def _pass_of(records: list[dict], record: dict) -> dict:
         if other.get("kind") == "kernel" and other.get("kernel_pass") == "computed" and "error" not in other:
             if all(other.get(key) == record.get(key) for key in same):
                 return other
-    return record
+    return None  # the pass ran elsewhere (an older cache): its cost is unknown here
 
 
 def summarise(records: list[dict]) -> dict[str, dict]:
@@ -107,9 +107,13 @@ def summarise(records: list[dict]) -> dict[str, dict]:
             continue
         test = [r["test_accuracy"] for r in runs]
         dev = [r["dev_accuracy"] for r in runs if "dev_accuracy" in r]
-        cost = [_pass_of(records, r) for r in runs]  # a kernel row read from the cache: the pass that computed it
+        # a kernel row read from the cache: the pass that computed it (None: not in the results)
+        cost = [c for c in (_pass_of(records, r) for r in runs) if c is not None]
         quiet = [r for r in cost if not busy(r)]
-        seconds = [r.get("train_seconds", r.get("seconds")) for r in quiet]
+        if runs[0]["kind"] == "kernel":  # one measure for every kernel row: the pass (older records lack it)
+            seconds = [r["train_seconds"] for r in quiet if "train_seconds" in r]
+        else:
+            seconds = [r.get("train_seconds", r.get("seconds")) for r in quiet]
         table[row] = {
             "runs": runs,
             "seeds": [r.get("seed") for r in runs],
@@ -118,9 +122,9 @@ def summarise(records: list[dict]) -> dict[str, dict]:
             "lr": runs[0].get("lr"),
             "steps": runs[0].get("steps_done", runs[0].get("steps")),
             "params": runs[0].get("trainable_params"),
-            "peak": statistics.median(r["peak_rss_bytes"] for r in cost),
+            "peak": statistics.median(r["peak_rss_bytes"] for r in cost) if cost else None,
             "seconds": statistics.median(seconds) if seconds else None,
-            "busy": len(runs) - len(quiet),
+            "busy": len(cost) - len(quiet),
             "grid": _grid_progress(records, row),
         }
     return table
@@ -145,13 +149,14 @@ def table_markdown(table: dict[str, dict]) -> list[str]:
         if t["grid"]:
             seeds += f" ({t['grid']})"
         dev = f"{_pct(t['dev'][0])} ± {_pct(t['dev'][1])}" if t["dev"] else ""
-        seconds = f"{t['seconds']:.0f}" if t["seconds"] is not None else "busy machine"
+        seconds = f"{t['seconds']:.0f}" if t["seconds"] is not None else ("busy machine" if t["busy"] else "n/a")
         if t["busy"] and t["seconds"] is not None:
             seconds += f" ({t['busy']} busy runs left out)"
+        peak = "n/a" if t["peak"] is None else f"{t['peak'] / 1e9:.2f}"
         lines.append(
             f"| {row} | {what} | {seeds} | **{_pct(t['test'][0])} ± {_pct(t['test'][1])}** | {dev} | "
             f"{t['lr'] if t['lr'] is not None else ''} | {t['steps'] or ''} | {t['params']:,} | "
-            f"{t['peak'] / 1e9:.2f} | {seconds} |"
+            f"{peak} | {seconds} |"
         )
     return lines
 
@@ -489,7 +494,9 @@ def write_report(results: Path = PLOTS / "results.jsonl") -> Path:
         "the training time without the dev/test evaluations, the median over runs on a quiet machine (a run whose "
         "1-minute load average exceeded 1.5 times the number of CPUs is marked busy and left out). The kernel "
         "rows of a seed share one pass over the Jacobians (every formula is a product of the same Jacobians): "
-        "their seconds (the pass's, solving included) and peak RSS are the pass's, whichever row ran it.",
+        "their seconds are the pass's (Jacobians and products; not loading the model, not solving) and their "
+        "peak RSS the process's that ran it, whichever row that was; a row whose pass is not in the results "
+        "(an older cache) shows neither.",
         "",
         "## The papers' claims, in direction",
         "",

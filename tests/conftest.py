@@ -181,3 +181,22 @@ def llama3_8b_config():
         vocab_size=128256,
         tie_word_embeddings=False,
     )
+
+
+@pytest.fixture
+def refuse_model_loading(monkeypatch):
+    """Loading a model fails the test: llmtune's ``load_model`` in every module that looks it up (a module that
+    imported it by name keeps its own reference, so patching ``llmtune.model`` alone misses it) and
+    transformers' ``AutoModelForCausalLM.from_pretrained`` underneath."""
+    import sys
+
+    import llmtune.model
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a model was loaded")
+
+    original = llmtune.model.load_model
+    for name, module in list(sys.modules.items()):
+        if name.startswith("llmtune") and getattr(module, "load_model", None) is original:
+            monkeypatch.setattr(module, "load_model", refuse)
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)

@@ -56,15 +56,10 @@ def test_bad_key_is_one_line_and_exit_2(capsys, tmp_path):
     )
 
 
-def test_non_empty_output_dir_is_refused_before_the_model_loads(capsys, tmp_path, monkeypatch):
+def test_non_empty_output_dir_is_refused_before_the_model_loads(capsys, tmp_path, refuse_model_loading):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr("llmtune.model.load_model", no_loading)
     code = main(["train", str(TINY_LORA), "--output_dir", str(out), "--overwrite_output_dir", "false"])
     assert code == 2
     err = capsys.readouterr().err
@@ -72,8 +67,7 @@ def test_non_empty_output_dir_is_refused_before_the_model_loads(capsys, tmp_path
     assert (out / "precious.txt").read_text() == "keep me"
 
 
-def test_validate_checks_data_without_loading_weights(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("llmtune.model.load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+def test_validate_checks_data_without_loading_weights(capsys, tmp_path, refuse_model_loading):
     assert main(["validate", str(TINY_LORA), "--output_dir", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "config OK" in out and "finetuning_type: lora" in out and "demo_alpaca" in out

@@ -79,6 +79,20 @@ def test_adazeta_is_judged_at_equal_queries_and_on_divergence():
     assert verdict[ADAZETA] == "not reproduced: diverged on seed 42"
 
 
+def test_a_kernel_row_read_from_the_cache_reports_the_pass_that_computed_it():
+    def kernel(row, seed, kernel_pass, peak, seconds):
+        return {**record(row, seed, None, 0.8, 0.8), "kind": "kernel", "kernel_pass": kernel_pass, "k": 16,
+                "peak_rss_bytes": peak, "train_seconds": seconds, "trainable_params": 0}  # fmt: skip
+
+    computed, cached = kernel("kernel_sgd", 13, "computed", 8e9, 900.0), kernel("kernel_signgd", 13, "cached", 1e9, 2.0)
+    table = fidelity_report.summarise([computed, cached])
+    assert (table["kernel_signgd"]["peak"], table["kernel_signgd"]["seconds"]) == (8e9, 900.0)
+    alone = fidelity_report.summarise([cached])  # its pass is not in the results: neither figure
+    assert alone["kernel_signgd"]["peak"] is None and alone["kernel_signgd"]["seconds"] is None
+    line = next(x for x in fidelity_report.table_markdown(alone) if x.startswith("| kernel_signgd"))
+    assert line.endswith("| n/a | n/a |")
+
+
 def test_a_busy_runs_time_is_not_reported():
     quiet, busy = record("full", 13, 1e-5, 0.8, 0.8, "grid"), record("full", 21, 1e-5, 0.8, 0.8)
     busy["load_average"], busy["train_seconds"] = [3.5, 1.0], 500.0

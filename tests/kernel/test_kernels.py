@@ -142,6 +142,16 @@ def test_one_pass_gives_every_formula_as_its_own_pass_does(tiny):
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item())
 
 
+def test_a_block_with_no_kept_position_adds_zeros():
+    """Rows all zero in a block (a fresh LoRA adapter's A matrices alone): nothing kept, a kernel of zeros."""
+    from llmtune.kernel.kernels import VIEWS, kernel_product
+
+    rows, cols = torch.zeros(3, 2, 0), torch.zeros(4, 2, 0)
+    for formula, outputs in (("sgd", 2), ("signgd", 2), ("asymmetric_signgd", 1)):
+        product = kernel_product(rows, cols, *VIEWS[formula])
+        assert product.shape == (3, outputs, 4, outputs) and not product.any()
+
+
 def test_sgd_kernel_is_symmetric_positive_semidefinite(sgd_kernel):
     kernel = sgd_kernel.reshape(10, 10)
     assert torch.equal(kernel, kernel.T)

@@ -70,13 +70,10 @@ def test_lstsq_without_ridge_interpolates_the_training_labels(computed):
     assert (ridged - targets(labels, 2)).abs().max() > 1e-3  # a ridge term no longer interpolates
 
 
-def test_second_run_reads_the_cache_and_loads_no_model(computed, monkeypatch):
+def test_second_run_reads_the_cache_and_loads_no_model(computed, request):
     tmp, run, data, kernels = computed
 
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("the model was loaded although the kernels are cached")
-
-    monkeypatch.setattr("llmtune.model.load_model", refuse)
+    request.getfixturevalue("refuse_model_loading")  # from here on, a model load fails the test
     again = compute_kernels(run, data)
     for split in ("train", "dev", "eval"):
         assert torch.equal(again[split]["kernel"], kernels[split]["kernel"])
@@ -107,7 +104,7 @@ def test_another_seed_or_formula_is_another_cache_entry(computed):
     assert cache_path(run, "train", 4, data.train, data.train) != base
 
 
-def test_one_pass_caches_every_formula_and_another_formula_reads_it(computed, monkeypatch):
+def test_one_pass_caches_every_formula_and_another_formula_reads_it(computed, monkeypatch, request):
     """The fixture's sgd run cached the signgd and asymmetric_signgd kernels of the same Jacobians: a run with
     either loads no model and equals that formula computed on its own in a fresh cache."""
     from llmtune.kernel.run import cache_path
@@ -116,12 +113,12 @@ def test_one_pass_caches_every_formula_and_another_formula_reads_it(computed, mo
     for formula in ("signgd", "asymmetric_signgd"):
         for split in ("train", "dev", "eval"):
             assert cache_path(run, split, 3, data.train, getattr(data, split), formula).is_file()
-    fresh = {f: compute_kernels(_run(tmp / f, kernel_formula=f), data) for f in ("signgd", "asymmetric_signgd")}
+    with monkeypatch.context() as alone:  # each formula by itself, in a fresh cache: the reference
+        alone.setattr("llmtune.kernel.run.formulas_of", lambda run, _options: (run.kernel.kernel_formula,))
+        fresh = {f: compute_kernels(_run(tmp / f, kernel_formula=f), data) for f in ("signgd", "asymmetric_signgd")}
+    assert len(list((tmp / "signgd" / "cache").glob("*.pt"))) == 3  # computed alone: its own three files only
 
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("the model was loaded although the kernels are cached")
-
-    monkeypatch.setattr("llmtune.model.load_model", refuse)
+    request.getfixturevalue("refuse_model_loading")  # from here on, a model load fails the test
     for formula, alone in fresh.items():
         cached = compute_kernels(_run(tmp, kernel_formula=formula), data)
         for split in ("train", "dev", "eval"):
@@ -145,7 +142,7 @@ def _hand_accuracy(kernels: dict, data, split: str) -> float:
     return sum(int(row.argmax()) == e.label for row, e in zip(out, examples, strict=True)) / len(examples)
 
 
-def test_several_seeds_give_per_seed_dev_and_test_accuracy_and_mean_std(computed, monkeypatch):
+def test_several_seeds_give_per_seed_dev_and_test_accuracy_and_mean_std(computed, request):
     tmp, _, _, _ = computed
     lines = []
     result = run_kernel(_run(tmp, seed="3,5"), say=lines.append)  # seed 3 is cached (fixture); seed 5 is computed
@@ -171,10 +168,7 @@ def test_several_seeds_give_per_seed_dev_and_test_accuracy_and_mean_std(computed
     saved = json.loads((tmp / "out" / "demo_sst2" / "results.json").read_text())
     assert saved["per_seed"] == result["per_seed"] and saved["kernel"]["seeds"] == [3, 5]
 
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("the model was loaded although the kernels are cached")
-
-    monkeypatch.setattr("llmtune.model.load_model", refuse)
+    request.getfixturevalue("refuse_model_loading")  # from here on, a model load fails the test
     alone = run_kernel(_run(tmp, seed=5), say=lines.append)  # one seed, as before: from the cache
     assert alone["per_seed"] == result["per_seed"][1:] and alone["metrics"] == result["per_seed"][1]["test"]
     assert "over" not in lines[-1] and "seed 5;" in lines[-1]

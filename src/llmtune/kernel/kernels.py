@@ -142,15 +142,17 @@ def kernel_product(
     """
     dtype = torch.float64 if left.dtype == torch.float64 else torch.float32
     out = None
-    for start in range(0, left.shape[-1], PRODUCT_SLICE):
-        a, b = left[..., start : start + PRODUCT_SLICE], right[..., start : start + PRODUCT_SLICE]
+    # at least one slice: a block whose rows are all zero (no position kept) gives a kernel of zeros
+    for start in range(0, max(left.shape[-1], 1), PRODUCT_SLICE):
+        # in the product's precision before the view: a half-precision difference would round once more
+        a = left[..., start : start + PRODUCT_SLICE].to(dtype)
+        b = right[..., start : start + PRODUCT_SLICE].to(dtype)
         a = a if left_view is None else left_view(a)
         b = b if right_view is None else right_view(b)
         if out is None:
             shape = (a.shape[0], a.shape[1], b.shape[0], b.shape[1])
             out = torch.zeros(shape[0] * shape[1], shape[2] * shape[3], dtype=torch.float64, device=left.device)
-        a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-        out += (a2.to(dtype) @ b2.to(dtype).T).double()
+        out += (a.reshape(-1, a.shape[-1]) @ b.reshape(-1, b.shape[-1]).T).double()
     return out.reshape(shape)
 
 
