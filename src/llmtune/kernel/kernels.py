@@ -152,7 +152,9 @@ def kernel_product(
         if out is None:
             shape = (a.shape[0], a.shape[1], b.shape[0], b.shape[1])
             out = torch.zeros(shape[0] * shape[1], shape[2] * shape[3], dtype=torch.float64, device=left.device)
-        out += (a.reshape(-1, a.shape[-1]) @ b.reshape(-1, b.shape[-1]).T).double()
+        a2 = a.reshape(shape[0] * shape[1], a.shape[-1])
+        b2 = b.reshape(shape[2] * shape[3], b.shape[-1])
+        out += (a2 @ b2.T).double()
     return out.reshape(shape)
 
 
