@@ -293,17 +293,32 @@ def test_the_two_jobs_chat_export_and_compare_in_a_browser(ui):
 
         # 5. export the classification run: its adapter merged into its base, the folder shown
         page.get_by_role("tab", name="Export").click()
-        page.locator("#export-run textarea, #export-run input").first.fill(cls_run)
+        pick(page, "export-run", cls_run)
+        page.wait_for_function(  # the export folder follows the run
+            "run => document.querySelector('#export-dir textarea, #export-dir input')?.value === run + '-merged'",
+            arg=cls_run,
+            timeout=30_000,
+        )
         page.locator("#export-dir textarea, #export-dir input").first.fill(str(workdir / "merged"))
         page.click("#export")
         assert str(workdir / "merged") in wait_text(page, "#export-message", "merged into", 180)
         assert (workdir / "merged" / "config.json").is_file()
         page.screenshot(path=str(artifacts / "webui_export.png"), full_page=True)
 
-        # 6. compare the two runs: loss curves on one figure, a row each
+        # 6. evaluate: the runs that ended since the page was drawn are listed, no reload needed
+        page.get_by_role("tab", name="Evaluate").click()
+        page.locator("#e-run input").first.click()
+        listed = wait_text(page, "#e-run", cls_run, 30)
+        assert sft_run in listed
+        pick(page, "e-run", cls_run)
+        page.click("#e-preview")
+        assert "config OK" in wait_text(page, "#e-message", "config OK", 60)
+
+        # 7. compare the two runs: loss curves on one figure, a row each
         page.get_by_role("tab", name="Compare").click()
         for run in (cls_run, sft_run):
             pick(page, "compare-pick", run)
+        page.keyboard.press("Escape")  # close the list of runs, which now offers both
         page.click("#compare")
         table = wait_text(page, "#compare-table", "sft", 120)
         assert "cls" in table and "last loss" in table

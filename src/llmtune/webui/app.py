@@ -209,10 +209,23 @@ def _train_panel() -> SimpleNamespace:
     return ui
 
 
-def _eval_tab(run_dir: str) -> SimpleNamespace:
+def _saved_runs() -> list[str]:
+    """The training runs that saved a model or an adapter, newest first (what Evaluate can score)."""
+    saved = run_folders()
+    return [*saved["adapters"], *saved["models"]]
+
+
+def _eval_tab() -> SimpleNamespace:
     """The Evaluate tab: a run folder, tasks, the eval options, and the results."""
     ui = SimpleNamespace(components=[])
-    ui.run_dir = gr.Textbox(value=run_dir, label="Run folder (written by llmtune train)", elem_id="e-run")
+    saved = _saved_runs()
+    ui.run_dir = gr.Dropdown(
+        saved,
+        value=saved[0] if saved else None,
+        allow_custom_value=True,
+        label="Run folder (written by llmtune train): the UI's runs, or any folder",
+        elem_id="e-run",
+    )
     ui.tasks = gr.Dropdown(task_names(), value=["demo_sst2"], multiselect=True, label="Tasks", elem_id="e-tasks")
     efields = eval_fields()
     with gr.Accordion("Evaluation options", open=False):
@@ -243,15 +256,15 @@ def create_app() -> gr.Blocks:
 
     with gr.Blocks(title="llmtune") as app:
         gr.Markdown("# llmtune\nBuild, preview, start and watch a fine-tuning run. Runs go on when this page closes.")
-        with gr.Tab("Train"):
+        with gr.Tab("Train") as train_tab:
             with gr.Row():
                 with gr.Column(scale=3):
                     form_ui = _train_form(start)
                 with gr.Column(scale=2):
                     panel = _train_panel()
-        with gr.Tab("Evaluate"):
-            ev = _eval_tab(start["output_dir"])
-        with gr.Tab("Chat"):
+        with gr.Tab("Evaluate") as eval_tab:
+            ev = _eval_tab()
+        with gr.Tab("Chat") as chat_tab:
             chat = actions.ChatSession()
             with gr.Row():
                 chat_model = gr.Dropdown(
@@ -268,18 +281,27 @@ def create_app() -> gr.Blocks:
             chatbot = gr.Chatbot(elem_id="chatbot", height=360)
             chat_input = gr.Textbox(label="Message", elem_id="chat-input")
             chat_clear = gr.Button("Clear", elem_id="chat-clear")
-        with gr.Tab("Compare"):
+        with gr.Tab("Compare") as compare_tab:
             compare_pick = gr.Dropdown(
                 _run_folders(), multiselect=True, allow_custom_value=True, label="Runs", elem_id="compare-pick"
             )
             compare_button = gr.Button("Compare", elem_id="compare")
             compare_plot = gr.Plot(elem_id="compare-plot")
             compare_table = gr.Markdown(elem_id="compare-table")
-        with gr.Tab("Export"):
+        with gr.Tab("Export") as export_tab:
             gr.Markdown("Merge a LoRA or LoRETTA reparam run's adapter into its base model (`llmtune export`).")
+            adapters = run_folders()["adapters"]
             with gr.Row():
-                export_run = gr.Textbox(value=start["output_dir"], label="Run folder", elem_id="export-run")
-                export_dir = gr.Textbox(value=start["output_dir"] + "-merged", label="Export to", elem_id="export-dir")
+                export_run = gr.Dropdown(
+                    adapters,
+                    value=adapters[0] if adapters else None,
+                    allow_custom_value=True,
+                    label="Run folder: the UI's adapter runs, or any folder",
+                    elem_id="export-run",
+                )
+                export_dir = gr.Textbox(
+                    value=f"{adapters[0]}-merged" if adapters else "", label="Export to", elem_id="export-dir"
+                )
                 export_dtype = gr.Dropdown(
                     ["bf16", "fp16", "fp32"], value="fp32", label="dtype", elem_id="export-dtype"
                 )
@@ -359,15 +381,19 @@ def create_app() -> gr.Blocks:
             shown, text = actions.start_eval(state, run, chosen, eval_values(raw))
             return shown, text, gr.update(choices=_run_choices())
 
-        def on_load():  # runs that finished since the UI started are models or adapters to pick now
-            models, adapters = model_choices(), run_folders()["adapters"]  # each reads every run's record
+        def run_lists():  # runs that finished since the page was drawn are models or adapters to pick now
+            models, saved = model_choices(), run_folders()  # each reads every run's record
             return (
-                gr.update(choices=_run_choices(), value=_newest()),
                 gr.update(choices=models),
-                gr.update(choices=adapters),
-                gr.update(choices=[*models, *adapters]),
+                gr.update(choices=saved["adapters"]),
+                gr.update(choices=[*models, *saved["adapters"]]),
                 gr.update(choices=_run_folders()),
+                gr.update(choices=[*saved["adapters"], *saved["models"]]),
+                gr.update(choices=saved["adapters"]),
             )
+
+        def on_load():
+            return gr.update(choices=_run_choices(), value=_newest()), *run_lists()
 
         form = [*components, extra]
         watched = [panel.status, panel.progress, panel.loss_plot, panel.log]
@@ -404,6 +430,10 @@ def create_app() -> gr.Blocks:
         timer.tick(eval_refresh, None, [ev.status, ev.results, ev.chart, ev.log])
         panel.run_pick.change(refresh, panel.run_pick, watched)
         model_box, adapter_box = (components[keys.index(k)] for k in ("model_name_or_path", "adapter_name_or_path"))
-        app.load(on_load, None, [panel.run_pick, model_box, adapter_box, chat_model, compare_pick])
+        lists = [model_box, adapter_box, chat_model, compare_pick, ev.run_dir, export_run]
+        app.load(on_load, None, [panel.run_pick, *lists])
+        for tab in (train_tab, eval_tab, chat_tab, compare_tab, export_tab):  # a run may have ended meanwhile
+            tab.select(run_lists, None, lists)
+        export_run.change(lambda run: f"{run}-merged" if run else "", export_run, export_dir)
         app.load(on_memory, [*form, panel.gpu_memory], memory_out)  # the picture is there from the start
     return app
