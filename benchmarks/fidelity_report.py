@@ -207,8 +207,8 @@ DEVIATIONS = [
     (
         "LoRETTA's tensor-train shapes came from an automatic factorisation; the up-projection started at zero",
         "the reference's shapes ([16,16,16,4,4,4] for 4096 x 64); `loretta_init: reference` starts every core at "
-        "random as the reference; the identity start stays the default until the loretta_adp_ref row says whether "
-        "it costs accuracy (the claims table above)",
+        "random as the reference; the identity start is the default because the loretta_adp_ref row finds it costs "
+        "no accuracy (its verdict and numbers in the claims table above)",
         "tests/methods/test_tensor_train.py::test_tt_shapes_are_the_references_both_ways, "
         "tests/methods/test_tensor_train.py::test_reference_init_draws_the_cores_as_the_reference_code",
     ),
