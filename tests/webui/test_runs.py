@@ -162,3 +162,9 @@ def test_the_progress_line_says_time_speed_loss_and_memory_from_the_runs_log(tmp
     assert 'value="3" max="6"' in text and "50%" in text
     assert f"{last['tokens_per_second']:,.0f} tokens/s" in text and f"loss {last['loss']:.4f}" in text
     assert f"{last['memory_bytes'] / 1e9:.2f} GB" in text and "elapsed" in text
+    # The finished run, read from its files as the page reads it: the log ends with the training summary,
+    # which has no speed or memory of its own; the line keeps the last step's.
+    assert "tokens_per_second" not in records[-1]
+    done = runs.view(runs.Launch("r", "train", [], [], 2**22, str(tmp_path / "run"), 0.0, str(tmp_path)))
+    shown = actions.progress_html(done)
+    assert f"{last['tokens_per_second']:,.0f} tokens/s" in shown and f"{last['memory_bytes'] / 1e9:.2f} GB" in shown

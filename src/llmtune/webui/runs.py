@@ -128,7 +128,7 @@ class RunView:
     losses: list[tuple[int, float]]
     log: list[str]
     results: list[dict[str, Any]]
-    last: dict[str, Any] | None = None  # the training log's last record (times, speed, memory)
+    last: dict[str, Any] | None = None  # each field of the training log at its last value (times, speed, memory)
 
 
 def view(record: Launch) -> RunView:
@@ -143,7 +143,10 @@ def view(record: Launch) -> RunView:
     state, error = _state(record, running, log, results)
     if state == "starting":  # the folder may still hold an older run's log until this run empties it
         step, total, losses = 0, 0, []
-    return RunView(state, error, step, total, losses, log, results, last if state != "starting" else None)
+    # the progress line's figures: each from the last record that has it (the end-of-training summary has
+    # no speed or memory of its own)
+    latest = {key: value for r in records for key, value in r.items() if value is not None}
+    return RunView(state, error, step, total, losses, log, results, latest if state != "starting" else None)
 
 
 def _state(record: Launch, running: bool, log: list[str], results: list) -> tuple[str, list[str]]:
