@@ -508,7 +508,7 @@ def write_report(results: Path = PLOTS / "results.jsonl") -> Path:
         *[f"| {c} | {e} | **{v}** |" for c, e, v in verdicts(table)],
         "",
         "The CPU budget is far below the papers': 40 Adam steps and 200 zeroth-order steps at batch 4 (MeZO's "
-        "k-shot runs take 20,000 to 100,000 steps), the first 200 test tweets, two learning rates per row. A "
+        "k-shot runs take 20,000 to 100,000 steps), the first 200 test tweets, two learning rates per row (three for zo_lora and adazeta). A "
         "zeroth-order row that stays near zero-shot here says that 200 steps are too few on this budget, not that "
         "the method fails; `--budget paper` runs the papers' step counts on a GPU.",
         "",
