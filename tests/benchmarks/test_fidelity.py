@@ -58,7 +58,10 @@ def test_verdicts_come_from_complete_rows_follow_the_numbers_and_say_what_is_mis
     verdicts = fidelity_report.verdicts(fidelity_report.summarise([*records, *icl]))
     assert verdicts[0][2] == "reproduced"  # +30 over zero-shot, +20 over ICL, -3 from full
     worse = [zero, *icl, *complete("zo", 0.55), *complete("full", 0.83)]
-    assert fidelity_report.verdicts(fidelity_report.summarise(worse))[0][2] == "not reproduced"
+    assert fidelity_report.verdicts(fidelity_report.summarise(worse))[0][2].startswith("not reproduced (not above")
+    # above zero-shot and ICL, 10 points below full: the half that holds is said
+    half = [zero, *icl, *complete("zo", 0.73), *complete("full", 0.83)]
+    assert fidelity_report.verdicts(fidelity_report.summarise(half))[0][2].startswith("half reproduced: above")
     # one seed short, or the grid unfinished: no verdict from a part of the runs
     partial = [zero, *icl, *complete("zo", 0.8)[:-1], *complete("full", 0.83)]
     assert fidelity_report.verdicts(fidelity_report.summarise(partial))[0][2] == "pending (zo: 4 of 5 seeds)"
