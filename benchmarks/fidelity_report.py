@@ -275,7 +275,8 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
         (
             "MeZO: zeroth-order fine-tuning improves clearly over zero-shot and in-context learning and comes "
             "within a few points of full fine-tuning (k = 16)",
-            f"zo - zero-shot {pts(zo_zs)}, zo - ICL {pts(zo_icl)}, zo - full {pts(zo_full)}{_so_far(table, rows)}",
+            f"zo - zero-shot {pts(zo_zs)}, zo - ICL {pts(zo_icl)}, zo - full {pts(zo_full)}"
+            f"{_last_gain(table, 'zo')}{_so_far(table, rows)}",
             _judged(
                 table,
                 rows,
@@ -367,6 +368,17 @@ def _diverged(run: dict) -> bool:
     curve = run.get("curve") or []
     unstable = any(not math.isfinite(loss) for loss in run.get("losses") or [])
     return unstable or (bool(curve) and curve[-1]["test"] < curve[0]["test"] - CLOSE)
+
+
+def _last_gain(table: dict[str, dict], row: str) -> str:
+    """``"; still rising: +3.6 points over the last 50 steps"``: the mean test curve's last stretch, if known."""
+    curves = [r["curve"] for r in table.get(row, {}).get("runs", []) if len(r.get("curve") or []) >= 2]
+    if not curves or len({len(c) for c in curves}) != 1:
+        return ""
+    gain = statistics.mean(c[-1]["test"] - c[-2]["test"] for c in curves)
+    steps = curves[0][-1]["step"] - curves[0][-2]["step"]
+    trend = "still rising" if gain > 0 else "flat or falling"
+    return f"; {trend} at the end: {100 * gain:+.1f} points over the last {steps} steps (mean over seeds)"
 
 
 def _mezo_verdict(over_zero_shot: float, over_icl: float, to_full: float) -> str:

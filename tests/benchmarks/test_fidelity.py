@@ -57,6 +57,7 @@ def test_verdicts_come_from_complete_rows_follow_the_numbers_and_say_what_is_mis
     assert verdict == "not measured yet (icl not run)"
     verdicts = fidelity_report.verdicts(fidelity_report.summarise([*records, *icl]))
     assert verdicts[0][2] == "reproduced"  # +30 over zero-shot, +20 over ICL, -3 from full
+    assert "still rising at the end: +30.0 points over the last 10 steps" in verdicts[0][1]  # the curves' 0.5 -> 0.8
     worse = [zero, *icl, *complete("zo", 0.55), *complete("full", 0.83)]
     assert fidelity_report.verdicts(fidelity_report.summarise(worse))[0][2].startswith("not reproduced (not above")
     # above zero-shot and ICL, 10 points below full: the half that holds is said
