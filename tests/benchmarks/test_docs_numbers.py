@@ -124,6 +124,8 @@ def test_the_readmes_fidelity_numbers_are_the_pages():
         f"full {pct('full')}, LoRA {pct('lora')}, BAdam (`block`) {pct('block')} at {memory:.2f}x full's peak memory, "
         f"LoRETTA {pct('loretta_adp')}, against {pct('zero_shot')} zero-shot and {pct('icl')} in-context"
     ) in text
+    below = 100 * (table["full"]["test"][0] - table["zo"]["test"][0])
+    assert f"MeZO (`zo`, 200 steps) {pct('zo')}, above both but {below:.1f} points below full" in text
 
 
 def test_the_block_pass_section_is_its_results_files():
