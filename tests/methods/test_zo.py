@@ -111,9 +111,40 @@ def test_cached_directions_give_the_same_run_bitwise_with_a_third_of_the_draws(d
     assert not runs[True][3]._cached  # nothing kept across steps
 
 
-def test_adamu_refuses_cached_directions():
-    with pytest.raises(ValueError, match="cache_directions"):
-        ZerothOrderAdaMU(tiny_model().parameters(), lr=1e-3, total_steps=10, cache_directions=True)
+def test_adamu_with_cached_draws_gives_the_same_run_bitwise_with_a_third_of_the_draws(monkeypatch):
+    """zo_cache_directions with adamu: its two draws per parameter made once a step (not for each forward
+    and the update), the weights, momenta and losses bitwise those of the uncached run, with two
+    micro-batches a step, a skipped step and the annealing under way (warm-up ends at step 1)."""
+    batches = [lm_batch(), {k: v.flip(0) for k, v in lm_batch().items()}]
+    draws: list[int] = []
+    real = ZerothOrderSGD.normal
+    monkeypatch.setattr(ZerothOrderSGD, "normal", lambda self, *a, **k: draws.append(a[0]) or real(self, *a, **k))
+
+    def run(cache: bool) -> tuple:
+        draws.clear()
+        model = tiny_model().eval()
+        optimizer = ZerothOrderAdaMU(
+            model.parameters(), lr=1e-3, eps=1e-2, total_steps=4, warmup_end=1, anneal_end=3, cache_directions=cache
+        )
+        seen = []
+        for step in range(4):
+            for batch in batches:  # the same perturbation on every micro-batch
+                seen.append(optimizer.estimate(model, lambda b=batch: model(**b).loss / 2, 0)[:2])
+            if step == 1:
+                optimizer._pending.loss_plus = float("nan")  # the guard skips this update
+            optimizer.step()
+        momenta = [optimizer.state[p]["momentum"].clone() for p in optimizer.params]
+        return snapshot(model), seen, len(draws), optimizer, momenta
+
+    runs = {cache: run(cache) for cache in (False, True)}
+    assert runs[True][1] == runs[False][1]
+    assert_bitwise_equal(runs[False][0], runs[True][0])
+    for a, b in zip(runs[False][4], runs[True][4], strict=True):
+        assert torch.equal(a, b)
+    params = len(runs[True][3].params)
+    assert runs[True][2] == 4 * params  # once per step and parameter (both draws in one call)
+    assert runs[False][2] == 4 * 2 * 2 * params + 3 * params  # each forward of each micro-batch, and each update
+    assert not runs[True][3]._cached  # nothing kept across steps
 
 
 def test_perturb_and_restore_is_exact_under_bf16_autocast():

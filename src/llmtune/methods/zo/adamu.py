@@ -79,13 +79,29 @@ class ZerothOrderAdaMU(ZerothOrderSGD):
         """Memory of the momentum buffers ``h`` (one per trainable parameter, same dtype)."""
         return sum(p.numel() * p.element_size() for p in self.params)
 
-    def _parts(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    caches_its_draws = True  # cache_directions: the step's two draws per parameter, kept until its update
+
+    def _draws(self, index: int, last: bool) -> list[torch.Tensor]:
+        """The step's two N(0, 1) draws of parameter ``index`` (fresh tensors the caller may overwrite).
+
+        With ``cache_directions`` they are drawn once a step (two more copies of the trainable weights
+        while the step runs) and copied for each forward; the update, their ``last`` use, takes them.
+        """
+        if not self.cache_directions:
+            return self.normal(index, 0, draws=2)
+        key = (index, 0)
+        if key not in self._cached:
+            self._cached[key] = torch.stack(self.normal(index, 0, draws=2))
+        pair = self._cached.pop(key) if last else self._cached[key].clone()
+        return [pair[0], pair[1]]
+
+    def _parts(self, index: int, last: bool = False) -> tuple[torch.Tensor, torch.Tensor, float, float]:
         alpha, beta1, beta2 = self.weights(self.step_count)
         param = self.params[index]
         state = self.state[param]
         if "momentum" not in state:
             state["momentum"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        centred, around_history = self.normal(index, 0, draws=2)
+        centred, around_history = self._draws(index, last)
         centred.mul_(math.sqrt(alpha))
         around_history.mul_(math.sqrt(1 - alpha)).add_(state["momentum"])
         return centred, around_history, beta1, beta2
@@ -96,7 +112,7 @@ class ZerothOrderAdaMU(ZerothOrderSGD):
 
     def _update(self, param, index, grads, lr, weight_decay) -> None:
         projected = grads[0]
-        centred, around_history, beta1, beta2 = self._parts(index)
+        centred, around_history, beta1, beta2 = self._parts(index, last=True)
         momentum = centred * beta1 + around_history * (1 - beta1)
         second = centred.square_().mul_(beta2).add_(around_history.square_(), alpha=1 - beta2)
         update = second.add_(ADAMU_EPS).rsqrt_().mul_(momentum).mul_(projected)

@@ -68,8 +68,9 @@ class ZerothOrderArguments:
         metadata={
             "help": "Keep each step's perturbation once drawn (one more copy of the trainable weights) instead of "
             "drawing it for both forwards and the update: the same run bitwise, about a third of the random-number "
-            "time (on SmolLM2 on a CPU, most of a zo_target: full step). Off: MeZO's inference memory. Not with "
-            "zo_optimizer: adamu. Also adazeta."
+            "time (on SmolLM2 on a CPU, most of a zo_target: full step). Off: MeZO's inference memory. With "
+            "zo_optimizer: adamu its two draws per step (two more copies), a third of its random-number work. "
+            "Also adazeta."
         },
     )
     zo_max_grad_ratio: float = field(
@@ -149,11 +150,6 @@ class ZerothOrderArguments:
             _check(
                 0 <= value < limit,
                 f"{name}: {value} must be in [0, {limit:.4g}) with zo_adamu_anneal_end {self.zo_adamu_anneal_end}",
-            )
-        if self.zo_optimizer == "adamu" and self.zo_cache_directions:
-            raise ConfigError(
-                "zo_cache_directions: not available with zo_optimizer: adamu (it shapes its own directions); "
-                "set zo_cache_directions: false or zo_optimizer: sgd"
             )
         if self.zo_optimizer == "adamu" and self.zo_num_queries != 1:
             raise ConfigError(

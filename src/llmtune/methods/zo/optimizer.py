@@ -113,6 +113,8 @@ class ZerothOrderSGD(torch.optim.Optimizer):
             point is inference memory. ZO-SGD only (subclasses that shape ``z`` refuse it).
     """
 
+    caches_its_draws = False  # a subclass that shapes z and caches its own draws under cache_directions
+
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict],
@@ -131,7 +133,8 @@ class ZerothOrderSGD(torch.optim.Optimizer):
             raise ValueError(f"eps: {eps} must be > 0")
         if num_queries < 1:
             raise ValueError(f"num_queries: {num_queries} must be >= 1")
-        if cache_directions and type(self).direction is not ZerothOrderSGD.direction:
+        shaped = type(self).direction is not ZerothOrderSGD.direction
+        if cache_directions and shaped and not self.caches_its_draws:
             raise ValueError(f"cache_directions: {type(self).__name__} shapes its own directions; it cannot cache them")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.params = [p for group in self.param_groups for p in group["params"]]

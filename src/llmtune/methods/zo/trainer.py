@@ -176,7 +176,9 @@ def build_optimizer(
     """The optimizer ``zo_optimizer`` names, with the ``zo_*`` options."""
     common = {"lr": lr, "eps": zo.zo_eps, "seed": seed, "max_grad_ratio": zo.zo_max_grad_ratio}
     if zo.zo_optimizer == "adamu":
-        return ZerothOrderAdaMU(params, **common, **zo.adamu_options(), total_steps=total_steps)
+        return ZerothOrderAdaMU(
+            params, **common, **zo.adamu_options(), total_steps=total_steps, cache_directions=zo.zo_cache_directions
+        )
     return ZerothOrderSGD(params, **common, num_queries=zo.zo_num_queries, cache_directions=zo.zo_cache_directions)
 
 
