@@ -209,10 +209,16 @@ def _train_panel() -> SimpleNamespace:
     return ui
 
 
-def _saved_runs() -> list[str]:
-    """The training runs that saved a model or an adapter, newest first (what Evaluate can score)."""
-    saved = run_folders()
+def _saved_runs(saved: dict[str, list[str]] | None = None) -> list[str]:
+    """The training runs that saved a model or an adapter, newest first (what Evaluate can score);
+    ``saved``: :func:`run_folders`' answer when the caller has it already."""
+    saved = saved if saved is not None else run_folders()
     return [*saved["adapters"], *saved["models"]]
+
+
+def _merged_dir(run: str | None) -> str:
+    """Export's default target for ``run``."""
+    return f"{run}-merged" if run else ""
 
 
 def _eval_tab() -> SimpleNamespace:
@@ -300,7 +306,7 @@ def create_app() -> gr.Blocks:
                     elem_id="export-run",
                 )
                 export_dir = gr.Textbox(
-                    value=f"{adapters[0]}-merged" if adapters else "", label="Export to", elem_id="export-dir"
+                    value=_merged_dir(adapters[0] if adapters else None), label="Export to", elem_id="export-dir"
                 )
                 export_dtype = gr.Dropdown(
                     ["bf16", "fp16", "fp32"], value="fp32", label="dtype", elem_id="export-dtype"
@@ -388,7 +394,7 @@ def create_app() -> gr.Blocks:
                 gr.update(choices=saved["adapters"]),
                 gr.update(choices=[*models, *saved["adapters"]]),
                 gr.update(choices=_run_folders()),
-                gr.update(choices=[*saved["adapters"], *saved["models"]]),
+                gr.update(choices=_saved_runs(saved)),
                 gr.update(choices=saved["adapters"]),
             )
 
@@ -434,6 +440,6 @@ def create_app() -> gr.Blocks:
         app.load(on_load, None, [panel.run_pick, *lists])
         for tab in (train_tab, eval_tab, chat_tab, compare_tab, export_tab):  # a run may have ended meanwhile
             tab.select(run_lists, None, lists)
-        export_run.change(lambda run: f"{run}-merged" if run else "", export_run, export_dir)
+        export_run.change(_merged_dir, export_run, export_dir)
         app.load(on_memory, [*form, panel.gpu_memory], memory_out)  # the picture is there from the start
     return app
