@@ -219,6 +219,8 @@ def run_kernel_row(job: dict) -> dict:
         config["kernel_cache_dir"] = job["kernel_cache_dir"]
     if job.get("test_samples"):
         config["max_samples"] = job["test_samples"]
+    if job.get("block_params"):
+        config["kernel_block_params"] = job["block_params"]
     run = parse_kernel_args(config)
     [data] = load_kernel_data(run)
     cached = all(cache_path(run, split, data.seed, data.train, getattr(data, split)).is_file() for split in SPLITS)
@@ -372,6 +374,7 @@ def jobs_of(row: str, budget: str, seeds: list[int], setting: dict, path: Path =
                 "seed": seed,
                 "formula": spec["formula"],
                 "solver": spec["solver"],
+                **BUDGETS[budget].get("kernel", {}),
                 "lr": None,
                 "phase": "final",
             }

@@ -522,7 +522,8 @@ def write_report(results: Path = PLOTS / "results.jsonl") -> Path:
         "rows of a seed share one pass over the Jacobians (every formula is a product of the same Jacobians): "
         "their seconds are the pass's (Jacobians and products; not loading the model, not solving) and their "
         "peak RSS the process's that ran it, whichever row that was; a row whose pass is not in the results "
-        "(an older cache) shows neither.",
+        "(an older cache) shows neither. A pass streams the parameters in blocks (the record's `block_params`; "
+        "llmtune kernel's default of 20M where absent): fewer, larger blocks take less time and more memory.",
         "",
         "## The papers' claims, in direction",
         "",

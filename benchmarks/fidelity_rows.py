@@ -22,6 +22,10 @@ BUDGETS = {
         "test_samples": 200,
         "gradient": {"steps": 40, "batch": 4, "points": 2},
         "zo": {"steps": 200, "batch": 4, "points": 4},
+        # the kernel's parameters streamed in 4 blocks, not llmtune kernel's default 7 (20M each): every block
+        # costs each of the 264 examples a forward and backward pass; rows held: about 10 GB (seed 13's sgd
+        # pass ran at the default)
+        "kernel": {"block_params": 40_000_000},
     },
     "smoke": {"gradient": {"steps": 2, "batch": 4, "points": 1}, "zo": {"steps": 2, "batch": 4, "points": 1}},
     "paper": {

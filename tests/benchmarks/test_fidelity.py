@@ -120,6 +120,27 @@ def test_adazeta_stops_at_the_query_budget_of_a_one_query_per_step_run(tmp_path)
     assert [point["step"] for point in result["curve"]] == [0, 3] and result["curve"][-1]["queries"] == 6
 
 
+def test_the_kernel_rows_stream_the_budgets_block_size(monkeypatch, tmp_path):
+    """The CPU budget's kernel passes take the parameters in its blocks (fewer passes per example than
+    llmtune kernel's default); the job hands them to the kernel run."""
+    import llmtune.kernel.run as kernel_run
+
+    setting = {"model": "llmtune/tiny-llama", "task": "demo_sst2", "k": 4, "test_samples": 8}
+    job = next(fidelity.jobs_of("kernel_sgd", "cpu", [13], setting, tmp_path / "r.jsonl"))
+    assert job["block_params"] == fidelity.BUDGETS["cpu"]["kernel"]["block_params"]
+    assert "block_params" not in next(fidelity.jobs_of("kernel_sgd", "smoke", [13], setting, tmp_path / "r.jsonl"))
+    seen = {}
+
+    def stop(config, say):
+        seen.update(config)
+        raise RuntimeError("stop before the pass")
+
+    monkeypatch.setattr(kernel_run, "run_kernel_config", stop)
+    with pytest.raises(RuntimeError, match="stop before the pass"):
+        fidelity.run_kernel_row({**job, "output_dir": str(tmp_path / "out"), "kernel_cache_dir": str(tmp_path)})
+    assert seen["kernel_block_params"] == job["block_params"]
+
+
 @pytest.mark.slow
 def test_the_suite_runs_resumes_and_writes_its_page(tmp_path):
     """Four rows on the tiny model and demo_sst2 (k = 4, 2 seeds, 2 steps); a second call runs nothing. The
