@@ -90,8 +90,12 @@ class ZerothOrderAdaMU(ZerothOrderSGD):
         if not self.cache_directions:
             return self.normal(index, 0, draws=2)
         key = (index, 0)
-        if key not in self._cached:
-            self._cached[key] = torch.stack(self.normal(index, 0, draws=2))
+        if key not in self._cached:  # the two draws of normal(), written into one tensor (no stacked copy)
+            param = self.params[index]
+            pair = torch.empty((2, *param.shape), dtype=param.dtype, device=param.device)
+            self._draw(index, 0, pair[0])
+            pair[1].normal_(generator=self._generator(param.device))  # the same generator, drawn on
+            self._cached[key] = pair
         pair = self._cached.pop(key) if last else self._cached[key].clone()
         return [pair[0], pair[1]]
 
