@@ -126,6 +126,10 @@ def summarise(records: list[dict]) -> dict[str, dict]:
             "seconds": statistics.median(seconds) if seconds else None,
             "busy": len(cost) - len(quiet),
             "grid": _grid_progress(records, row),
+            "grid_runs": sorted(
+                (r for r in records if r["row"] == row and r.get("phase") == "grid" and "error" not in r),
+                key=lambda r: r["lr"],
+            ),
         }
     return table
 
@@ -306,7 +310,8 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
         (
             "AdaZeta: a higher accuracy than MeZO-LoRA at an equal query budget, and no divergence",
             f"adazeta - zo_lora {pts(ada)}; queries per run: adazeta {queries['adazeta']}, zo_lora "
-            f"{queries['zo_lora']}{_so_far(table, ('adazeta', 'zo_lora'))}",
+            f"{queries['zo_lora']}; learning-rate grids (test %): {_grid_line(table, 'adazeta')}; "
+            f"{_grid_line(table, 'zo_lora')}{_so_far(table, ('adazeta', 'zo_lora'))}",
             _judged(table, ("adazeta", "zo_lora"), lambda: _adazeta_verdict(table, ada)),
         )
     )
@@ -395,11 +400,33 @@ def _mezo_verdict(over_zero_shot: float, over_icl: float, to_full: float) -> str
     )
 
 
+def _at_chance(run: dict) -> bool:
+    """Ended at 50% on the balanced dev and test sets: one class for everything, or diverged."""
+    return _diverged(run) or (run.get("dev_accuracy") == 0.5 and run.get("test_accuracy") == 0.5)
+
+
+def _grid_line(table: dict[str, dict], row: str) -> str:
+    """``"adazeta 1e-04 64.5, 3e-04 72.0 (chosen), 1e-03 50.0 (at chance)"``: the first seed's grid runs."""
+    if row not in table or not table[row]["grid_runs"]:
+        return f"{row} n/a"
+    chosen = table[row]["lr"]
+    parts = [
+        f"{r['lr']:.0e} {100 * r['test_accuracy']:.1f}"
+        + (" (chosen)" if r["lr"] == chosen else "")
+        + (" (at chance)" if _at_chance(r) else "")
+        for r in table[row]["grid_runs"]
+    ]
+    return f"{row} {', '.join(parts)}"
+
+
 def _adazeta_verdict(table: dict[str, dict], gap: float) -> str:
     diverged = [r["seed"] for r in table["adazeta"]["runs"] if _diverged(r)]
     if diverged:
         return f"not reproduced: diverged on seed {', '.join(map(str, diverged))}"
-    return "reproduced (no divergence)" if gap > 0 else "not reproduced (no divergence)"
+    fell = [f"{r['lr']:.0e}" for r in table["adazeta"]["grid_runs"] if _at_chance(r)]
+    caveat = f"; at the grid's lr {', '.join(fell)} it fell to chance" if fell else ""
+    verdict = "reproduced" if gap > 0 else "not reproduced"
+    return f"{verdict} (no divergence at the chosen rate{caveat})"
 
 
 def _total_queries(table, row: str) -> str:

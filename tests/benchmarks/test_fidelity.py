@@ -78,7 +78,16 @@ def test_adazeta_is_judged_at_equal_queries_and_on_divergence():
 
     base, good = row("zo_lora", 0.54), row("adazeta", 0.60)
     verdict = {claim: v for claim, _, v in fidelity_report.verdicts(fidelity_report.summarise(base + good))}
-    assert verdict[ADAZETA] == "reproduced (no divergence)"
+    assert verdict[ADAZETA] == "reproduced (no divergence at the chosen rate)"
+    good[1]["dev_accuracy"] = good[1]["test_accuracy"] = 0.5  # a grid run not chosen that fell to chance
+    claims = {
+        claim: (evidence, v) for claim, evidence, v in fidelity_report.verdicts(fidelity_report.summarise(base + good))
+    }
+    lr = f"{fidelity.ROWS['adazeta']['grid'][1]:.0e}"
+    assert (
+        claims[ADAZETA][1] == f"reproduced (no divergence at the chosen rate; at the grid's lr {lr} it fell to chance)"
+    )
+    assert f"{lr} 50.0 (at chance)" in claims[ADAZETA][0]
     good[len(fidelity.ROWS["adazeta"]["grid"]) + 1]["losses"] = [0.7, float("nan")]  # seed 42's run
     verdict = {claim: v for claim, _, v in fidelity_report.verdicts(fidelity_report.summarise(base + good))}
     assert verdict[ADAZETA] == "not reproduced: diverged on seed 42"
