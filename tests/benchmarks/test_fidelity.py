@@ -70,6 +70,29 @@ def test_verdicts_come_from_complete_rows_follow_the_numbers_and_say_what_is_mis
     assert fidelity_report.verdicts(fidelity_report.summarise(ungridded))[0][2].startswith("pending (zo: 1 of 5")
 
 
+def test_adamu_is_judged_at_the_same_steps_or_on_reaching_zos_accuracy_sooner():
+    adamu = "ZO-AdaMU: a higher accuracy than MeZO at the same number of steps, or the same accuracy sooner"
+
+    def row(name, points):  # every seed with the same test curve over steps 0, 10, 20
+        runs = complete(name, points[-1])
+        for run in runs:
+            run["curve"] = [{"step": 10 * i, "test": t} for i, t in enumerate(points)]
+        return runs
+
+    def verdict(adamu_curve, zo_curve):
+        records = row("zo_adamu", adamu_curve) + row("zo", zo_curve)
+        found = {
+            claim: (evidence, v) for claim, evidence, v in fidelity_report.verdicts(fidelity_report.summarise(records))
+        }
+        return found[adamu]
+
+    evidence, said = verdict([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])
+    assert said == "reproduced (higher at the same steps)"
+    assert "zo_adamu 0: 50.0, 10: 60.0, 20: 80.0; zo 0: 50.0, 10: 60.0, 20: 70.0" in evidence
+    assert verdict([0.5, 0.7, 0.7], [0.5, 0.6, 0.7])[1] == "reproduced (zo's final accuracy reached by step 10 of 20)"
+    assert verdict([0.5, 0.6, 0.65], [0.5, 0.6, 0.7])[1].startswith("not reproduced")
+
+
 def test_adazeta_is_judged_at_equal_queries_and_on_divergence():
     def row(name, test):  # the grid on seed 13 (its first rate chosen), the other seeds at it
         rates = fidelity.ROWS[name]["grid"]
