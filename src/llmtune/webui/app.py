@@ -50,8 +50,11 @@ MEMORY_KEYS = (
 REFRESH_S = 1.0
 
 
-def _component(f: Field, value: Any, datasets: list[str], scale: int | None = None) -> gr.components.Component:
-    """The widget for one field (a switch, a closed choice, a list with free text, or a text box)."""
+def _component(
+    f: Field, value: Any, datasets: list[str], listed: dict[str, list[str]], scale: int | None = None
+) -> gr.components.Component:
+    """The widget for one field (a switch, a closed choice, a list with free text, or a text box);
+    ``listed``: the model and adapter boxes' lists (``models``, ``adapters``)."""
     info = None if f.name == "finetuning_type" else f.help or None  # the method line under it explains the choice
     common = {"label": f.name, "info": info, "elem_id": f"f-{f.name}", "scale": scale}
     if f.kind == "bool":
@@ -62,8 +65,8 @@ def _component(f: Field, value: Any, datasets: list[str], scale: int | None = No
         chosen = [v for v in str(value).split(",") if v]
         return gr.Dropdown(datasets, value=chosen, multiselect=True, allow_custom_value=True, **common)
     if f.name in ("model_name_or_path", "adapter_name_or_path"):  # a list to pick from, or any text
-        listed = model_choices() if f.name == "model_name_or_path" else run_folders()["adapters"]
-        return gr.Dropdown(listed, value=str(value), allow_custom_value=True, **common)
+        choices = listed["models"] if f.name == "model_name_or_path" else listed["adapters"]
+        return gr.Dropdown(choices, value=str(value), allow_custom_value=True, **common)
     return gr.Textbox(value=str(value), placeholder=f.default_text, **common)
 
 
@@ -120,9 +123,10 @@ def _method_title(group: str) -> str:
     return f"{group.removesuffix('Arguments')} options ({', '.join(users) or 'method'})"
 
 
-def _train_form(start: dict[str, Any]) -> SimpleNamespace:
+def _train_form(start: dict[str, Any], listed: dict[str, list[str]]) -> SimpleNamespace:
     """The Train tab's left column: the starting points, the keys people change, then every other key in
-    collapsed sections by concern (a method's options only for its finetuning types)."""
+    collapsed sections by concern (a method's options only for its finetuning types); ``listed``: the
+    model and adapter boxes' lists."""
     datasets = dataset_names()
     method_set = set(all_method_groups())
     by_name = {f.name: f for f in train_fields()}
@@ -131,7 +135,7 @@ def _train_form(start: dict[str, Any]) -> SimpleNamespace:
 
     def put(*names: str, scales: tuple[int | None, ...] = ()) -> None:
         for name, scale in zip(names, scales or (None,) * len(names), strict=True):
-            made[name] = _component(by_name[name], start[name], datasets, scale)
+            made[name] = _component(by_name[name], start[name], datasets, listed, scale)
 
     with gr.Row():
         ui.starts = {
@@ -209,10 +213,9 @@ def _train_panel() -> SimpleNamespace:
     return ui
 
 
-def _saved_runs(saved: dict[str, list[str]] | None = None) -> list[str]:
-    """The training runs that saved a model or an adapter, newest first (what Evaluate can score);
-    ``saved``: :func:`run_folders`' answer when the caller has it already."""
-    saved = saved if saved is not None else run_folders()
+def _saved_runs(saved: dict[str, list[str]]) -> list[str]:
+    """The training runs that saved a model or an adapter, newest first (what Evaluate can score), from
+    :func:`run_folders`' answer ``saved``."""
     return [*saved["adapters"], *saved["models"]]
 
 
@@ -221,10 +224,11 @@ def _merged_dir(run: str | None) -> str:
     return f"{run}-merged" if run else ""
 
 
-def _eval_tab() -> SimpleNamespace:
-    """The Evaluate tab: a run folder, tasks, the eval options, and the results."""
+def _eval_tab(listed: dict[str, list[str]]) -> SimpleNamespace:
+    """The Evaluate tab: a run folder (``listed["saved"]``: the runs to pick from), tasks, the eval options, and
+    the results."""
     ui = SimpleNamespace(components=[])
-    saved = _saved_runs()
+    saved = listed["saved"]
     ui.run_dir = gr.Dropdown(
         saved,
         value=saved[0] if saved else None,
@@ -239,7 +243,7 @@ def _eval_tab() -> SimpleNamespace:
             with gr.Row():
                 for f in efields[i : i + PER_ROW]:
                     value = bool(f.default) if f.kind == "bool" else f.default_text
-                    ui.components.append(_component(f, value, []))
+                    ui.components.append(_component(f, value, [], listed))
     with gr.Row():
         ui.preview = gr.Button("Preview", elem_id="e-preview")
         ui.start = gr.Button("Start evaluation", variant="primary", elem_id="e-start")
@@ -259,22 +263,24 @@ def create_app() -> gr.Blocks:
     keys = [f.name for f in fields]
     efields = eval_fields()
     start = start_values()
+    saved = run_folders()  # read once for every list on the page (each read opens every run's record)
+    listed = {"models": model_choices(saved), "adapters": saved["adapters"], "saved": _saved_runs(saved)}
 
     with gr.Blocks(title="llmtune") as app:
         gr.Markdown("# llmtune\nBuild, preview, start and watch a fine-tuning run. Runs go on when this page closes.")
         with gr.Tab("Train") as train_tab:
             with gr.Row():
                 with gr.Column(scale=3):
-                    form_ui = _train_form(start)
+                    form_ui = _train_form(start, listed)
                 with gr.Column(scale=2):
                     panel = _train_panel()
         with gr.Tab("Evaluate") as eval_tab:
-            ev = _eval_tab()
+            ev = _eval_tab(listed)
         with gr.Tab("Chat") as chat_tab:
             chat = actions.ChatSession()
             with gr.Row():
                 chat_model = gr.Dropdown(
-                    [*model_choices(), *run_folders()["adapters"]],
+                    [*listed["models"], *listed["adapters"]],
                     value="llmtune/tiny-llama",
                     allow_custom_value=True,
                     label="Model, run folder or adapter run",
@@ -296,7 +302,7 @@ def create_app() -> gr.Blocks:
             compare_table = gr.Markdown(elem_id="compare-table")
         with gr.Tab("Export") as export_tab:
             gr.Markdown("Merge a LoRA or LoRETTA reparam run's adapter into its base model (`llmtune export`).")
-            adapters = run_folders()["adapters"]
+            adapters = listed["adapters"]
             with gr.Row():
                 export_run = gr.Dropdown(
                     adapters,
@@ -388,7 +394,8 @@ def create_app() -> gr.Blocks:
             return shown, text, gr.update(choices=_run_choices())
 
         def run_lists():  # runs that finished since the page was drawn are models or adapters to pick now
-            models, saved = model_choices(), run_folders()  # each reads every run's record
+            saved = run_folders()  # read once (it opens every run's record)
+            models = model_choices(saved)
             return (
                 gr.update(choices=models),
                 gr.update(choices=saved["adapters"]),

@@ -330,10 +330,11 @@ def run_folders(launches: list | None = None) -> dict[str, list[str]]:
     return {k: list(dict.fromkeys(v)) for k, v in found.items()}
 
 
-def model_choices() -> list[str]:
-    """The model box's list: the built-in models, the hub models cached here, the full-model runs."""
-
-    return list(dict.fromkeys([*EMBEDDED_MODELS, *cached_hub_models(), *run_folders()["models"]]))
+def model_choices(saved: dict[str, list[str]] | None = None) -> list[str]:
+    """The model box's list: the built-in models, the hub models cached here, the full-model runs
+    (``saved``: :func:`run_folders`' answer when the caller has it already)."""
+    saved = saved if saved is not None else run_folders()
+    return list(dict.fromkeys([*EMBEDDED_MODELS, *cached_hub_models(), *saved["models"]]))
 
 
 # ---------------------------------------------------------------------------------------------
