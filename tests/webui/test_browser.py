@@ -313,6 +313,10 @@ def test_the_two_jobs_chat_export_and_compare_in_a_browser(ui):
         pick(page, "e-run", cls_run)
         page.click("#e-preview")
         assert "config OK" in wait_text(page, "#e-message", "config OK", 60)
+        page.get_by_text("Evaluation options").click()  # its adapter box lists the adapter runs that ended too
+        page.locator("#e-f-adapter_name_or_path input").first.click()
+        assert cls_run in wait_text(page, "#e-f-adapter_name_or_path", sft_run, 30)
+        page.keyboard.press("Escape")
 
         # 7. compare the two runs: loss curves on one figure, a row each
         page.get_by_role("tab", name="Compare").click()

@@ -51,12 +51,13 @@ REFRESH_S = 1.0
 
 
 def _component(
-    f: Field, value: Any, datasets: list[str], listed: dict[str, list[str]], scale: int | None = None
+    f: Field, value: Any, datasets: list[str], listed: dict[str, list[str]], scale: int | None = None, tab: str = ""
 ) -> gr.components.Component:
     """The widget for one field (a switch, a closed choice, a list with free text, or a text box);
-    ``listed``: the model and adapter boxes' lists (``models``, ``adapters``)."""
+    ``listed``: the model and adapter boxes' lists (``models``, ``adapters``); ``tab``: its element id's prefix
+    beyond the Train tab (the Evaluate tab has keys of the same names)."""
     info = None if f.name == "finetuning_type" else f.help or None  # the method line under it explains the choice
-    common = {"label": f.name, "info": info, "elem_id": f"f-{f.name}", "scale": scale}
+    common = {"label": f.name, "info": info, "elem_id": f"{tab}f-{f.name}", "scale": scale}
     if f.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if f.kind == "choice":
@@ -243,7 +244,7 @@ def _eval_tab(listed: dict[str, list[str]]) -> SimpleNamespace:
             with gr.Row():
                 for f in efields[i : i + PER_ROW]:
                     value = bool(f.default) if f.kind == "bool" else f.default_text
-                    ui.components.append(_component(f, value, [], listed))
+                    ui.components.append(_component(f, value, [], listed, tab="e-"))
     with gr.Row():
         ui.preview = gr.Button("Preview", elem_id="e-preview")
         ui.start = gr.Button("Start evaluation", variant="primary", elem_id="e-start")
@@ -403,6 +404,7 @@ def create_app() -> gr.Blocks:
                 gr.update(choices=_run_folders()),
                 gr.update(choices=_saved_runs(saved)),
                 gr.update(choices=saved["adapters"]),
+                *(gr.update(choices=saved["adapters"]) for _ in eval_adapter),
             )
 
         def on_load():
@@ -443,7 +445,9 @@ def create_app() -> gr.Blocks:
         timer.tick(eval_refresh, None, [ev.status, ev.results, ev.chart, ev.log])
         panel.run_pick.change(refresh, panel.run_pick, watched)
         model_box, adapter_box = (components[keys.index(k)] for k in ("model_name_or_path", "adapter_name_or_path"))
-        lists = [model_box, adapter_box, chat_model, compare_pick, ev.run_dir, export_run]
+        eval_keys = [f.name for f in efields]  # the Evaluate tab's adapter box lists the adapter runs too
+        eval_adapter = [ev.components[eval_keys.index(k)] for k in ("adapter_name_or_path",) if k in eval_keys]
+        lists = [model_box, adapter_box, chat_model, compare_pick, ev.run_dir, export_run, *eval_adapter]
         app.load(on_load, None, [panel.run_pick, *lists])
         for tab in (train_tab, eval_tab, chat_tab, compare_tab, export_tab):  # a run may have ended meanwhile
             tab.select(run_lists, None, lists)
