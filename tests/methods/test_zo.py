@@ -303,6 +303,33 @@ def test_a_nan_loss_or_a_spike_skips_the_update():
     assert_bitwise_equal(before, snapshot(layer))
 
 
+def test_the_spike_guard_watches_the_loss_objective_only():
+    """The accuracy and f1 objectives give a projected gradient of 0 on most steps: their first step that moves
+    is then 'infinitely' above the running scale of 0. Under the loss objective such a step is skipped (with a
+    message, not a ZeroDivisionError); the bounded objectives train with no ratio guard."""
+    from llmtune.methods.zo.config import ZerothOrderArguments
+    from llmtune.methods.zo.trainer import build_optimizer
+
+    def run(objective: str) -> ZerothOrderSGD:
+        layer = torch.nn.Linear(3, 1)
+        zo = ZerothOrderArguments(zo_objective=objective)
+        optimizer = build_optimizer(zo, layer.parameters(), lr=1e-2, seed=0)
+        x = torch.ones(1, 3)
+        for _ in range(12):  # a discrete objective that does not move: g = 0
+            optimizer.estimate(layer, lambda: layer(x).sum() * 0 + 0.25)
+            optimizer.step()
+        with torch.no_grad():
+            middle = layer(x).sum().item()
+        optimizer.estimate(layer, lambda: (layer(x).sum() > middle).float())  # flips between the two forwards
+        optimizer.step()
+        return optimizer
+
+    for objective in ("accuracy", "f1"):
+        assert run(objective).last_report.skipped is None
+    skipped = run("loss").last_report.skipped  # the same steps under the loss objective's guard
+    assert skipped is not None and "above its running scale 0" in skipped
+
+
 def test_a_parameter_read_outside_its_module_forward_is_refused():
     class ReadsChildWeight(torch.nn.Module):
         def __init__(self):

@@ -62,7 +62,7 @@ class AdaZetaTrainer(ZerothOrderTrainer):
                 lr=self.args.learning_rate,
                 eps=self.zo_args.zo_eps,
                 seed=self.args.seed,
-                max_grad_ratio=self.zo_args.zo_max_grad_ratio,
+                max_grad_ratio=self.zo_args.grad_ratio_guard,
                 cache_directions=self.zo_args.zo_cache_directions,
             )
             logger.info(

@@ -76,8 +76,10 @@ class ZerothOrderArguments:
     zo_max_grad_ratio: float = field(
         default=50.0,
         metadata={
-            "help": "Skip an update whose projected gradient exceeds this many times its running scale (0: never); "
-            "a NaN/inf loss is always skipped."
+            "help": "Skip an update whose projected gradient exceeds this many times its running scale (0: never; "
+            "zo_objective: loss only: the accuracy and f1 objectives' projected gradient is 0 on most steps and "
+            "at most 1/(2 zo_eps), so every step that moves them would look like a spike); a NaN/inf loss is "
+            "always skipped."
         },
     )
     zo_max_skips: int = field(
@@ -156,6 +158,11 @@ class ZerothOrderArguments:
                 f"zo_num_queries: {self.zo_num_queries} is not supported with zo_optimizer: adamu "
                 "(its momentum follows one perturbation per step); use 1 or zo_optimizer: sgd"
             )
+
+    @property
+    def grad_ratio_guard(self) -> float:
+        """``zo_max_grad_ratio`` where it applies (the loss objective), else 0 (never)."""
+        return self.zo_max_grad_ratio if self.zo_objective == "loss" else 0.0
 
     def adamu_options(self) -> dict:
         """The keyword arguments of :class:`~llmtune.methods.zo.adamu.ZerothOrderAdaMU` these options set."""

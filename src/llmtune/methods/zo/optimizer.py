@@ -363,8 +363,9 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         scale = self.grad_scale
         largest = max(abs(g) for g in grads)
         if self.max_grad_ratio > 0 and scale is not None and largest > self.max_grad_ratio * scale:
+            times = f"{largest / scale:.0f}x" if scale > 0 else "above"  # a scale of 0: every earlier g was 0
             return (
-                f"projected gradient {largest:.4g} is {largest / scale:.0f}x its running scale {scale:.4g} "
+                f"projected gradient {largest:.4g} is {times} its running scale {scale:.4g} "
                 f"(zo_max_grad_ratio: {self.max_grad_ratio:g})"
             )
         return None

@@ -174,7 +174,7 @@ def build_optimizer(
     zo: ZerothOrderArguments, params, *, lr: float, seed: int, total_steps: int | None = None
 ) -> ZerothOrderSGD:
     """The optimizer ``zo_optimizer`` names, with the ``zo_*`` options."""
-    common = {"lr": lr, "eps": zo.zo_eps, "seed": seed, "max_grad_ratio": zo.zo_max_grad_ratio}
+    common = {"lr": lr, "eps": zo.zo_eps, "seed": seed, "max_grad_ratio": zo.grad_ratio_guard}
     if zo.zo_optimizer == "adamu":
         return ZerothOrderAdaMU(
             params, **common, **zo.adamu_options(), total_steps=total_steps, cache_directions=zo.zo_cache_directions
