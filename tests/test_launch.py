@@ -130,3 +130,26 @@ def test_train_validates_then_relaunches_with_its_arguments(monkeypatch, tmp_pat
     # A combination refused before anything loads never starts torchrun (sparse keeps fp16 from seeing its gradients).
     assert main(["train", *tokens, "--finetuning_type", "sparse", "--fp16", "true"]) == 2
     assert len(_Recorder.commands) == 1
+
+
+def test_a_stale_deepspeed_build_lock_is_refused_before_torchrun_starts(monkeypatch, tmp_path, capsys):
+    # A run killed while DeepSpeed built its CPU op leaves the lock, and every later DeepSpeed run waited on it
+    # forever: CI hung until its time ran out. llmtune names the file instead; a lock being built now is left alone.
+    _Recorder.commands = []
+    monkeypatch.setattr(launch.subprocess, "Popen", _Recorder)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    ds = str(ROOT / "examples" / "deepspeed" / "ds_z2_config.json")
+    tokens = [str(TINY_LORA), "--output_dir", str(tmp_path / "out"), "--deepspeed", ds, "--finetuning_type", "full"]
+    assert main(["train", *tokens]) == 3  # a lock a minute old: another run is building
+    assert len(_Recorder.commands) == 1
+
+    old = lock.stat().st_mtime - launch.STALE_BUILD_LOCK_S - 60
+    os.utime(lock, (old, old))
+    capsys.readouterr()
+    assert main(["train", *tokens]) == 2
+    assert len(_Recorder.commands) == 1  # torchrun never started
+    err = capsys.readouterr().err
+    assert f"rm {lock}" in err and "min old" in err and len(err.strip().splitlines()) == 1

@@ -29,7 +29,7 @@ from llmtune.hparams.parser import (
     construct,
     read_file_and_flags,
 )
-from llmtune.launch import is_torchrun_worker, join_cpu_deepspeed_group
+from llmtune.launch import check_deepspeed_build_lock, is_torchrun_worker, join_cpu_deepspeed_group
 from llmtune.methods import METHODS, get_method, method_argument_classes
 from llmtune.methods.registry import normalise_config
 from llmtune.model import check_model_args, check_precision
@@ -57,6 +57,8 @@ def parse_args(config: dict[str, Any], *, for_training: bool = True) -> RunArgum
     # devices its cell needs: refused here, before TrainingArguments imports DeepSpeed or anything loads.
     cell = check_config(given)
     _check_precision(given)
+    if cell.engine in ("zero2", "zero3") and not _has_accelerator():
+        check_deepspeed_build_lock()  # DeepSpeed on a CPU builds an op behind a lock a killed run can leave
 
     built: dict[type, Any] = {}
     for cls in classes:

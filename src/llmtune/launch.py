@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -116,6 +117,33 @@ def relaunch(plan: LaunchPlan, argv: list[str]) -> int:
         return process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# A build of DeepSpeed's shared-memory op takes under a minute here (37 s on a busy 2-core machine).
+STALE_BUILD_LOCK_S = 600
+
+
+def check_deepspeed_build_lock(env: Mapping[str, str] = os.environ, now: float | None = None) -> None:
+    """Refuse a stale lock on DeepSpeed's CPU communication op, which DeepSpeed would wait on forever.
+
+    Every DeepSpeed process on a CPU builds (or finds built) its shared-memory op through torch's
+    extension loader, which holds ``<TORCH_EXTENSIONS_DIR>/deepspeed_shm_comm/lock`` while it builds. A
+    run killed in those seconds leaves the file behind, and every later run then waits on it silently,
+    without end (seen here: CI hung until its time ran out).
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = env.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    lock = os.path.join(root, "deepspeed_shm_comm", "lock")
+    try:
+        age = (time.time() if now is None else now) - os.path.getmtime(lock)
+    except OSError:
+        return  # no lock: nothing is building
+    if age > STALE_BUILD_LOCK_S:
+        raise ConfigError(
+            f"DeepSpeed's build lock {lock} is {age / 60:.0f} min old: an interrupted DeepSpeed run left it, and "
+            f"DeepSpeed would wait on it forever; if no other DeepSpeed run is building, remove it (rm {lock})"
+        )
 
 
 def join_cpu_deepspeed_group() -> None:

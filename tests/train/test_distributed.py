@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,6 +69,7 @@ SPARSE = {
     "learning_rate": 1e-2,
     "max_grad_norm": 1.0,
 }
+TWO_RANKS_TIMEOUT_S = 1500  # the 15 jobs take about 4 min on a quiet 2-core machine
 HALF_BATCH = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}  # 2 ranks x 2 x 2: still 8
 
 
@@ -131,10 +133,24 @@ def two_ranks(tmp_path_factory, make_config_module):
         job.setdefault("record", None)
     (where / "jobs.json").write_text(json.dumps(jobs))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run(
-        [*command, str(WORKER), str(where / "jobs.json")], cwd=where, env=env(), capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    # torchrun and its workers in their own session: a hang (a collective, a lock) fails here with the jobs'
+    # output, and the whole group is killed, instead of holding CI until its time runs out.
+    with subprocess.Popen(
+        [*command, str(WORKER), str(where / "jobs.json")],
+        cwd=where,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            output, _ = proc.communicate(timeout=TWO_RANKS_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            pytest.fail(f"the 2-process jobs did not end in {TWO_RANKS_TIMEOUT_S} s:\n{output[-6000:]}")
+    assert proc.returncode == 0, output[-8000:]
     return where
 
 
