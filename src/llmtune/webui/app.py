@@ -220,6 +220,18 @@ def _saved_runs(saved: dict[str, list[str]]) -> list[str]:
     return [*saved["adapters"], *saved["models"]]
 
 
+def _lists() -> dict[str, list[str]]:
+    """Every list of runs the page offers, from one read of the saved runs (each read opens every run's
+    record): models and adapters to start from, runs Evaluate can score, run folders to compare."""
+    saved = run_folders()
+    return {
+        "models": model_choices(saved),
+        "adapters": saved["adapters"],
+        "saved": _saved_runs(saved),
+        "folders": _run_folders(),
+    }
+
+
 def _merged_dir(run: str | None) -> str:
     """Export's default target for ``run``."""
     return f"{run}-merged" if run else ""
@@ -264,8 +276,7 @@ def create_app() -> gr.Blocks:
     keys = [f.name for f in fields]
     efields = eval_fields()
     start = start_values()
-    saved = run_folders()  # read once for every list on the page (each read opens every run's record)
-    listed = {"models": model_choices(saved), "adapters": saved["adapters"], "saved": _saved_runs(saved)}
+    listed = _lists()
 
     with gr.Blocks(title="llmtune") as app:
         gr.Markdown("# llmtune\nBuild, preview, start and watch a fine-tuning run. Runs go on when this page closes.")
@@ -296,7 +307,7 @@ def create_app() -> gr.Blocks:
             chat_clear = gr.Button("Clear", elem_id="chat-clear")
         with gr.Tab("Compare") as compare_tab:
             compare_pick = gr.Dropdown(
-                _run_folders(), multiselect=True, allow_custom_value=True, label="Runs", elem_id="compare-pick"
+                listed["folders"], multiselect=True, allow_custom_value=True, label="Runs", elem_id="compare-pick"
             )
             compare_button = gr.Button("Compare", elem_id="compare")
             compare_plot = gr.Plot(elem_id="compare-plot")
@@ -395,16 +406,16 @@ def create_app() -> gr.Blocks:
             return shown, text, gr.update(choices=_run_choices())
 
         def run_lists():  # runs that finished since the page was drawn are models or adapters to pick now
-            saved = run_folders()  # read once (it opens every run's record)
-            models = model_choices(saved)
+            now = _lists()
+            adapters = now["adapters"]
             return (
-                gr.update(choices=models),
-                gr.update(choices=saved["adapters"]),
-                gr.update(choices=[*models, *saved["adapters"]]),
-                gr.update(choices=_run_folders()),
-                gr.update(choices=_saved_runs(saved)),
-                gr.update(choices=saved["adapters"]),
-                *(gr.update(choices=saved["adapters"]) for _ in eval_adapter),
+                gr.update(choices=now["models"]),
+                gr.update(choices=adapters),
+                gr.update(choices=[*now["models"], *adapters]),
+                gr.update(choices=now["folders"]),
+                gr.update(choices=now["saved"]),
+                gr.update(choices=adapters),
+                *(gr.update(choices=adapters) for _ in eval_adapter),
             )
 
         def on_load():
