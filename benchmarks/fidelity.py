@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -333,6 +334,8 @@ def run_job(job: dict, timeout: float) -> dict:
             record.update(json.loads((work / "result.json").read_text()))
     except subprocess.TimeoutExpired:
         record["error"] = f"timed out after {timeout:.0f} s"
+    finally:  # the run's folder holds its saved model (0.5 GB on SmolLM2): the record is all that is kept
+        shutil.rmtree(work, ignore_errors=True)
     record["wall_seconds"] = round(time.time() - began, 1)
     # the 1-minute load average before and after: other work on the machine makes the times incomparable
     record["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]

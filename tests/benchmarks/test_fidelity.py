@@ -222,9 +222,12 @@ def test_the_kernel_rows_stream_the_budgets_block_size(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_suite_runs_resumes_and_writes_its_page(tmp_path):
+def test_the_suite_runs_resumes_and_writes_its_page(tmp_path, monkeypatch):
     """Four rows on the tiny model and demo_sst2 (k = 4, 2 seeds, 2 steps); a second call runs nothing. The
     signgd kernel rows read the kernels the sgd rows' pass cached, and report that pass's cost."""
+    scratch = tmp_path / "scratch"  # where each run's folder is made, and removed once its record is read
+    scratch.mkdir()
+    monkeypatch.setattr(fidelity.tempfile, "tempdir", str(scratch))
     results = tmp_path / "results.jsonl"
     argv = ["--budget", "smoke", "--model", "llmtune/tiny-llama", "--task", "demo_sst2", "--k", "4"]
     argv += ["--test_samples", "8", "--rows", "zero_shot,zo,kernel_sgd,kernel_signgd", "--seeds", "13,21"]
@@ -246,6 +249,7 @@ def test_the_suite_runs_resumes_and_writes_its_page(tmp_path):
     assert runs[1]["curve"][0]["step"] == 0 and runs[1]["curve"][-1]["step"] == 2
     assert fidelity.main(argv) == 0
     assert len(results.read_text().splitlines()) == 8  # resumed: nothing ran again
+    assert list(scratch.iterdir()) == []  # no run left its folder (a saved model each) behind
     page = (tmp_path / "fidelity.md").read_text()
     assert "| zo | MeZO" in page and "not run yet" in page
 
