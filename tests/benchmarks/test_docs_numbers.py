@@ -126,6 +126,11 @@ def test_the_readmes_fidelity_numbers_are_the_pages():
     ) in text
     below = 100 * (table["full"]["test"][0] - table["zo"]["test"][0])
     assert f"MeZO (`zo`, 200 steps) {pct('zo')}, above both but {below:.1f} points below full" in text
+    assert f"AdaZeta ({pct('adazeta')}) is above MeZO-LoRA ({pct('zo_lora')}) at an equal query budget" in text
+    adamu = 100 * (table["zo"]["test"][0] - table["zo_adamu"]["test"][0])
+    assert f"ZO-AdaMU ({pct('zo_adamu')}) is {adamu:.1f} points below MeZO at the same 200 steps" in text
+    above, seeds = fidelity_report._seeds_above(table, "zo_accuracy", "zero_shot")
+    assert f"trains, weakly: {pct('zo_accuracy')}, above zero-shot on {above} of {seeds} seeds" in text
 
 
 def test_the_block_pass_section_is_its_results_files():
