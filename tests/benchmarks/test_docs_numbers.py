@@ -131,6 +131,9 @@ def test_the_readmes_fidelity_numbers_are_the_pages():
     assert f"ZO-AdaMU ({pct('zo_adamu')}) is {adamu:.1f} points below MeZO at the same 200 steps" in text
     above, seeds = fidelity_report._seeds_above(table, "zo_accuracy", "zero_shot")
     assert f"trains, weakly: {pct('zo_accuracy')}, above zero-shot on {above} of {seeds} seeds" in text
+    assert (
+        f"The eNTK kernel (`kernel_sgd`, no training) scores {pct('kernel_sgd')} against full's {pct('full')}" in text
+    )
 
 
 def test_the_block_pass_section_is_its_results_files():
