@@ -123,7 +123,7 @@ def relaunch(plan: LaunchPlan, argv: list[str]) -> int:
 STALE_BUILD_LOCK_S = 600
 
 
-def check_deepspeed_build_lock(env: Mapping[str, str] = os.environ, now: float | None = None) -> None:
+def check_deepspeed_build_lock(env: Mapping[str, str] = os.environ) -> None:
     """Refuse a stale lock on DeepSpeed's CPU communication op, which DeepSpeed would wait on forever.
 
     Every DeepSpeed process on a CPU builds (or finds built) its shared-memory op through torch's
@@ -136,7 +136,7 @@ def check_deepspeed_build_lock(env: Mapping[str, str] = os.environ, now: float |
     root = env.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
     lock = os.path.join(root, "deepspeed_shm_comm", "lock")
     try:
-        age = (time.time() if now is None else now) - os.path.getmtime(lock)
+        age = time.time() - os.path.getmtime(lock)
     except OSError:
         return  # no lock: nothing is building
     if age > STALE_BUILD_LOCK_S:
