@@ -277,11 +277,17 @@ def _so_far(table: dict[str, dict], rows: tuple[str, ...]) -> str:
     return "" if all(_complete(table, r) for r in rows if r in table) else " (so far)"
 
 
+def signed_points(x: float) -> str:
+    """An accuracy gap in points with its sign, ``"+2.4"``; a gap that rounds to zero shows ``"+0.0"``, never
+    ``"-0.0"``."""
+    return f"{round(100 * x, 1) + 0.0:+.1f}"
+
+
 def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
     """``(claim, evidence here, verdict)`` for each paper's claim; a verdict only from complete rows."""
 
     def pts(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:+.1f} points"
+        return "n/a" if x is None else f"{signed_points(x)} points"
 
     out = []
     rows = ("zo", "zero_shot", "icl", "full")
@@ -367,7 +373,7 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
     )
     for formula in ("kernel_sgd", "kernel_signgd", "kernel_asymmetric_signgd"):
         seeds = _per_seed(table, formula, "full")
-        shown = ", ".join(f"{s}: {100 * d:+.1f}" for s, d in seeds.items())
+        shown = ", ".join(f"{s}: {signed_points(d)}" for s, d in seeds.items())
         gap = _gap(table, formula, "full")
         out.append(
             (
@@ -397,7 +403,7 @@ def _last_gain(table: dict[str, dict], row: str) -> str:
     gain = statistics.mean(c[-1]["test"] - c[-2]["test"] for c in curves)
     steps = curves[0][-1]["step"] - curves[0][-2]["step"]
     trend = "still rising" if gain > 0 else "flat or falling"
-    return f"; {trend} at the end: {100 * gain:+.1f} points over the last {steps} steps (mean over seeds)"
+    return f"; {trend} at the end: {signed_points(gain)} points over the last {steps} steps (mean over seeds)"
 
 
 def _mean_curve(table: dict[str, dict], row: str) -> list[tuple[int, float]]:
@@ -453,7 +459,7 @@ def _accuracy_verdict(gap: float, above: int, seeds: int, loss_gap: float | None
         return f"not reproduced (above zero-shot on {above} of {seeds} seeds)"
     verdict = f"reproduced (above zero-shot on {above} of {seeds} seeds)"
     if loss_gap is not None and gap < loss_gap / 2:
-        verdict += f", but weakly: {100 * gap:+.1f} points where the loss objective gains {100 * loss_gap:+.1f}"
+        verdict += f", but weakly: {signed_points(gap)} points where the loss objective gains {signed_points(loss_gap)}"
     return verdict
 
 

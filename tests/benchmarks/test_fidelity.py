@@ -262,3 +262,10 @@ def test_every_test_the_deviations_table_names_exists():
     for _, _, tests in fidelity_report.DEVIATIONS:
         for path, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", tests):
             assert f"def {name}(" in (root / path).read_text(), f"{path}::{name}"
+
+
+def test_a_gap_that_rounds_to_zero_is_shown_without_a_minus_sign():
+    assert fidelity_report.signed_points(-0.0004) == "+0.0"  # 0.04 points below: "-0.0" would be noise
+    assert fidelity_report.signed_points(0.0) == "+0.0"
+    assert fidelity_report.signed_points(-0.003) == "-0.3"
+    assert fidelity_report.signed_points(0.024) == "+2.4"
