@@ -56,6 +56,16 @@ def _fail_a_skip_in_ci(report: pytest.CollectReport | pytest.TestReport) -> None
     report.longrepr = f"skipped under CI=true, where only missing hardware may skip (tests/conftest.py): {reason}"
 
 
+def pytest_configure(config):
+    """Under CI=true, pytest-timeout must be loaded: without it pyproject's ``timeout`` is only an unknown option
+    (a warning) and a hung test holds CI until its time runs out instead of failing with its stack."""
+    if in_ci() and not config.pluginmanager.hasplugin("timeout"):
+        raise pytest.UsageError(
+            "pytest-timeout is not installed (or disabled with -p no:timeout): CI needs it "
+            '(pip install -e ".[dev]" installs it)'
+        )
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """A test's skip (``pytest.skip``, ``skipif``, ``importorskip``) fails it under CI=true, unless hardware is missing."""

@@ -38,12 +38,12 @@ def test_known_bug():
 def session(pytester, monkeypatch):
     """``session(ci, **files)``: a pytest run over ``files`` with this suite's conftest, CI=true or not."""
 
-    def run(ci: bool, **files: str):
+    def run(ci: bool, *args: str, **files: str):
         monkeypatch.setenv("CI", "true") if ci else monkeypatch.delenv("CI", raising=False)
         pytester.makeconftest(CONFTEST + EXTRA_FIXTURE)
         pytester.makepyfile(**files)
         pytester.syspathinsert()
-        return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rA")
+        return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rA", *args)
 
     return run
 
@@ -87,3 +87,12 @@ def test_an_installed_module_that_fails_to_import_fails_even_outside_ci(session,
     result = session(False, test_broken=test)
     result.assert_outcomes(passed=1, errors=1)
     assert "libfoo.so: not found" in result.stdout.str()
+
+
+def test_under_ci_a_run_without_pytest_timeout_is_refused(session):
+    # without the plugin pyproject's timeout is an unknown option (a warning) and a hung test holds CI forever
+    result = session(True, "-p", "no:timeout", test_things="def test_a():\n    pass\n")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "pytest-timeout is not installed" in result.stderr.str()
+    assert session(False, "-p", "no:timeout", test_things="def test_a():\n    pass\n").ret == pytest.ExitCode.OK
+    assert session(True, test_things="def test_a():\n    pass\n").ret == pytest.ExitCode.OK
