@@ -319,8 +319,11 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
     out.append(
         (
             "ZO-AdaMU: a higher accuracy than MeZO at the same number of steps, or the same accuracy sooner",
-            f"zo_adamu - zo {pts(adamu)} (same steps); mean test % over steps: {_curve_line(table, 'zo_adamu')}; "
-            f"{_curve_line(table, 'zo')}{_so_far(table, ('zo_adamu', 'zo'))}",
+            f"zo_adamu - zo {pts(adamu)} (same steps); per seed "
+            f"{', '.join(f'{s}: {signed_points(d)}' for s, d in _per_seed(table, 'zo_adamu', 'zo').items()) or 'n/a'}; "
+            f"mean test % over steps: {_curve_line(table, 'zo_adamu')}; {_curve_line(table, 'zo')}; learning-rate "
+            f"grids (test %): {_grid_line(table, 'zo_adamu')}; {_grid_line(table, 'zo')}"
+            f"{_so_far(table, ('zo_adamu', 'zo'))}",
             _judged(table, ("zo_adamu", "zo"), lambda: _adamu_verdict(table, adamu)),
         )
     )
