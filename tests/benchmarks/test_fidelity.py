@@ -269,3 +269,8 @@ def test_a_gap_that_rounds_to_zero_is_shown_without_a_minus_sign():
     assert fidelity_report.signed_points(0.0) == "+0.0"
     assert fidelity_report.signed_points(-0.003) == "-0.3"
     assert fidelity_report.signed_points(0.024) == "+2.4"
+
+
+def test_every_row_has_its_papers_numbers_beside_it():
+    named = [row for rows, _, _ in fidelity_report.PAPER_NUMBERS for row in rows.split(", ")]
+    assert sorted(named) == sorted(fidelity.ROWS)  # each row once: a new row needs its paper's numbers (or why not)
