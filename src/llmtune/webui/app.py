@@ -147,7 +147,7 @@ def _train_form(start: dict[str, Any], listed: dict[str, list[str]]) -> SimpleNa
         put("model_name_or_path", "adapter_name_or_path", "finetuning_type")
     ui.method_line = gr.Markdown(_method_line(start["finetuning_type"]), elem_id="method-line")
     with gr.Row():
-        put("dataset", "train_as_classification", scales=(3, 1))
+        put("dataset", "train_as_classification", scales=(2, 2))  # the switch's long name needs the room
         ui.preview_data = gr.Button("Preview data", size="sm", scale=1, elem_id="preview-data")
     ui.data_preview = gr.HTML(elem_id="data-preview", max_height=320)
     with gr.Row():
