@@ -307,7 +307,13 @@ def create_app() -> gr.Blocks:
             chat_clear = gr.Button("Clear", elem_id="chat-clear")
         with gr.Tab("Compare") as compare_tab:
             compare_pick = gr.Dropdown(
-                listed["folders"], multiselect=True, allow_custom_value=True, label="Runs", elem_id="compare-pick"
+                listed["folders"],
+                multiselect=True,
+                allow_custom_value=True,
+                label="Runs",
+                info="two or more training run folders (this UI's runs, or type any folder): their loss against "
+                "steps and time, and their results, side by side",
+                elem_id="compare-pick",
             )
             compare_button = gr.Button("Compare", elem_id="compare")
             compare_plot = gr.Plot(elem_id="compare-plot")
