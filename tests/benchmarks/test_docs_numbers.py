@@ -134,6 +134,9 @@ def test_the_readmes_fidelity_numbers_are_the_pages():
     assert (
         f"The eNTK kernel (`kernel_sgd`, no training) scores {pct('kernel_sgd')} against full's {pct('full')}" in text
     )
+    prefix = f"MeZO on 5 prefix tokens (`zo_prefix`, {table['zo_prefix']['params']:,} trainable parameters) scores"
+    assert f"{prefix} {pct('zo_prefix')}, level with MeZO on every weight" in text
+    assert abs(table["zo_prefix"]["test"][0] - table["zo"]["test"][0]) <= 0.01  # "level": within a point
 
 
 def test_the_block_pass_section_is_its_results_files():
