@@ -2,9 +2,10 @@
 the claims, the plots.
 
 Every measured number on the page is computed here from the results file; nothing is typed in but the
-papers' quoted numbers (``PAPER_NUMBERS``). A row or a claim whose runs are missing says so. Times come with the machine's load: a run that started or
-ended with a 1-minute load average above 1.5 times the machine's core count shared the processors with other
-work, and its time is marked and left out of the medians.
+papers' quoted numbers (``PAPER_NUMBERS``). A row or a claim whose runs are missing says so. Times come
+with the machine's load: a run that started or ended with a 1-minute load average above 1.5 times the
+machine's core count shared the processors with other work, and its time is marked and left out of the
+medians.
 """
 
 from __future__ import annotations
