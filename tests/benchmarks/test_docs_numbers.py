@@ -137,6 +137,13 @@ def test_the_readmes_fidelity_numbers_are_the_pages():
     prefix = f"MeZO on 5 prefix tokens (`zo_prefix`, {table['zo_prefix']['params']:,} trainable parameters) scores"
     assert f"{prefix} {pct('zo_prefix')}, level with MeZO on every weight" in text
     assert abs(table["zo_prefix"]["test"][0] - table["zo"]["test"][0]) <= 0.01  # "level": within a point
+    assert (
+        f"score {pct('kernel_signgd')} (`kernel_signgd`) and {pct('kernel_asymmetric_signgd')} "
+        "(`kernel_asymmetric_signgd`): every row of the table is complete"
+    ) in text
+    from benchmarks.fidelity import ROWS
+
+    assert all(len(table[row]["runs"]) == (1 if row == "zero_shot" else 5) for row in ROWS), "a row is not complete"
 
 
 def test_the_block_pass_section_is_its_results_files():
