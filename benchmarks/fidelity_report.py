@@ -10,6 +10,7 @@ medians.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -89,15 +90,19 @@ def _grid_progress(records: list[dict], row: str) -> str | None:
 
 def _pass_of(records: list[dict], record: dict) -> dict | None:
     """The record whose run paid for ``record``'s time and memory: for a kernel row whose kernels came from the
-    cache, the kernel row of the same seed that computed them (one pass serves every formula); else itself."""
+    cache, the latest kernel row of the same seed before it that computed them (one pass serves every formula;
+    a later pass on another machine refilled the cache); else itself."""
     if record.get("kernel_pass") != "cached":
         return record
     same = ("seed", "budget", "model", "task", "k", "test_samples")
+    found = None
     for other in records:
+        if other is record:
+            break
         if other.get("kind") == "kernel" and other.get("kernel_pass") == "computed" and "error" not in other:
             if all(other.get(key) == record.get(key) for key in same):
-                return other
-    return None  # the pass ran elsewhere (an older cache): its cost is unknown here
+                found = other
+    return found  # None: the pass ran elsewhere (an older cache): its cost is unknown here
 
 
 def summarise(records: list[dict]) -> dict[str, dict]:
@@ -127,6 +132,8 @@ def summarise(records: list[dict]) -> dict[str, dict]:
             "peak": statistics.median(r["peak_rss_bytes"] for r in cost) if cost else None,
             "seconds": statistics.median(seconds) if seconds else None,
             "busy": len(cost) - len(quiet),
+            # the processors the quiet runs' times were measured on (times compare only on the same one)
+            "machines": sorted({_processor(r) for r in quiet if "machine" in r}),
             "grid": _grid_progress(records, row),
             "grid_runs": sorted(
                 (r for r in records if r["row"] == row and r.get("phase") == "grid" and "error" not in r),
@@ -134,6 +141,11 @@ def summarise(records: list[dict]) -> dict[str, dict]:
             ),
         }
     return table
+
+
+def _processor(record: dict) -> str:
+    machine = record["machine"]
+    return f"{machine.get('processor', 'an unnamed processor')}, {machine.get('cpus', '?')} CPUs"
 
 
 def _pct(value: float) -> str:
@@ -146,6 +158,7 @@ def table_markdown(table: dict[str, dict]) -> list[str]:
         "peak RSS (GB) | train s / run |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    several = len({m for t in table.values() for m in t["machines"]}) > 1  # then each time names its machine
     for row, what in WHAT.items():
         if row not in table:
             lines.append(f"| {row} | {what} | not run yet | | | | | | | |")
@@ -158,6 +171,8 @@ def table_markdown(table: dict[str, dict]) -> list[str]:
         seconds = f"{t['seconds']:.0f}" if t["seconds"] is not None else ("busy machine" if t["busy"] else "n/a")
         if t["busy"] and t["seconds"] is not None:
             seconds += f" ({t['busy']} busy run{'s' if t['busy'] > 1 else ''} left out)"
+        if several and t["seconds"] is not None:
+            seconds += f", on {' and '.join(t['machines'])}"
         peak = "n/a" if t["peak"] is None else f"{t['peak'] / 1e9:.2f}"
         lines.append(
             f"| {row} | {what} | {seeds} | **{_pct(t['test'][0])} ± {_pct(t['test'][1])}** | {dev} | "
@@ -644,8 +659,12 @@ def write_report(results: Path = PLOTS / "results.jsonl") -> Path:
         f"Budget: {', '.join(budget)}. Runs recorded: {len(records)} "
         f"({sum('error' in r for r in records)} failed). "
         + (
-            f"Machine: {machines[-1]['processor']}, {machines[-1]['cpus']} CPUs, torch "
-            f"{machines[-1]['versions']['torch']}, transformers {machines[-1]['versions']['transformers']}."
+            "Machines: "
+            + "; ".join(
+                f"{name} ({count} runs)"
+                for name, count in collections.Counter(_processor(r) for r in records if r.get("machine")).items()
+            )
+            + f"; torch {machines[-1]['versions']['torch']}, transformers {machines[-1]['versions']['transformers']}."
             if machines
             else ""
         ),

@@ -176,6 +176,21 @@ def test_a_kernel_row_read_from_the_cache_reports_the_pass_that_computed_it():
     assert alone["kernel_signgd"]["peak"] is None and alone["kernel_signgd"]["seconds"] is None
     line = next(x for x in fidelity_report.table_markdown(alone) if x.startswith("| kernel_signgd"))
     assert line.endswith("| n/a | n/a |")
+    # the cache refilled later by another pass (another machine, another time): the latest pass before the row
+    other = {**kernel("kernel_signgd", 13, "computed", 7e9, 600.0), "machine": {"cpus": 2, "processor": "B"}}
+    third = kernel("kernel_asymmetric_signgd", 13, "cached", 1e9, 2.0)
+    table = fidelity_report.summarise([computed, other, third])
+    assert (table["kernel_asymmetric_signgd"]["peak"], table["kernel_asymmetric_signgd"]["seconds"]) == (7e9, 600.0)
+
+
+def test_times_measured_on_different_machines_name_their_machine():
+    a = {**record("full", 13, 1e-5, 0.8, 0.8), "machine": {"cpus": 2, "processor": "A"}}
+    b = {**record("lora", 13, 1e-4, 0.8, 0.8), "machine": {"cpus": 2, "processor": "B"}}
+    lines = fidelity_report.table_markdown(fidelity_report.summarise([a, b]))
+    assert next(x for x in lines if x.startswith("| full ")).endswith("| 5, on A, 2 CPUs |")
+    assert next(x for x in lines if x.startswith("| lora ")).endswith("| 5, on B, 2 CPUs |")
+    alone = fidelity_report.table_markdown(fidelity_report.summarise([a]))  # one machine: the header says it
+    assert next(x for x in alone if x.startswith("| full ")).endswith("| 5 |")
 
 
 def test_a_busy_runs_time_is_not_reported():
