@@ -167,6 +167,21 @@ def saved_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+def assert_adam_runs_match(saved: dict, one: dict, name: str, lr: float, steps: int) -> None:
+    """Adam divides each gradient entry by its running RMS: where an entry is near zero, the float noise of
+    another reduction order (two ranks' all-reduce against one process's batch) becomes an update of up to
+    ``lr``. How many such entries there are depends on the CPU's kernels (all matched to 1e-5 on an AMD EPYC;
+    on an Intel Xeon with AMX-BF16 a few did not). So: all but a thousandth of the entries match to 1e-5, and
+    none differs by more than two runs' whole updates. A run that trained on other data or did not average the
+    ranks' gradients moves nearly every entry by more than 1e-5."""
+    far = total = 0
+    for key, value in one.items():
+        diff = (saved[key].float() - value).abs()
+        far, total = far + int((diff > 1e-5).sum()), total + diff.numel()
+        assert diff.max().item() <= 2 * steps * lr, f"{name}: {key} differs by {diff.max().item():.2e}"
+    assert far <= 1e-3 * total, f"{name}: {far} of {total} weights differ from one process's by more than 1e-5"
+
+
 def test_full_under_ddp_zero2_zero3_matches_one_process(two_ranks, tmp_path, make_config):
     # One process with the same global batch (8 = 2 ranks x 4, or 2 ranks x 2 x 2 accumulated micro-batches)
     # and the same data order.
@@ -179,8 +194,7 @@ def test_full_under_ddp_zero2_zero3_matches_one_process(two_ranks, tmp_path, mak
     assert moved > 1e-3  # the runs trained: a match below is not two copies of the initial weights
     for name in ("full_ddp", "full_z2", "full_z3", "full_ddp_accum", "full_z3_accum"):
         saved = saved_weights(two_ranks / name)
-        for key, value in one.items():
-            torch.testing.assert_close(saved[key].float(), value, rtol=0, atol=1e-5, msg=f"{name}: {key}")
+        assert_adam_runs_match(saved, one, name, config["learning_rate"], STEPS)
         logged = [json.loads(line) for line in (two_ranks / name / "trainer_log.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in logged if "loss" in r]
         assert losses == pytest.approx(one_losses, rel=1e-4), name
