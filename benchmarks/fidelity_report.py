@@ -133,7 +133,7 @@ def summarise(records: list[dict]) -> dict[str, dict]:
             "seconds": statistics.median(seconds) if seconds else None,
             "busy": len(cost) - len(quiet),
             # the processors the quiet runs' times were measured on (times compare only on the same one)
-            "machines": sorted({_processor(r) for r in quiet if "machine" in r}),
+            "machines": sorted({_processor(r["machine"]) for r in quiet if "machine" in r}),
             "grid": _grid_progress(records, row),
             "grid_runs": sorted(
                 (r for r in records if r["row"] == row and r.get("phase") == "grid" and "error" not in r),
@@ -143,8 +143,7 @@ def summarise(records: list[dict]) -> dict[str, dict]:
     return table
 
 
-def _processor(record: dict) -> str:
-    machine = record["machine"]
+def _processor(machine: dict) -> str:
     return f"{machine.get('processor', 'an unnamed processor')}, {machine.get('cpus', '?')} CPUs"
 
 
@@ -327,6 +326,11 @@ def signed_points(x: float) -> str:
     return f"{round(100 * x, 1) + 0.0:+.1f}"
 
 
+def _per_seed_line(table: dict[str, dict], row: str, baseline: str) -> str:
+    """``"13: +1.5, 21: -0.5, ..."``: row minus baseline on each seed (``"n/a"`` with none)."""
+    return ", ".join(f"{s}: {signed_points(d)}" for s, d in _per_seed(table, row, baseline).items()) or "n/a"
+
+
 def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
     """``(claim, evidence here, verdict)`` for each paper's claim; a verdict only from complete rows."""
 
@@ -363,8 +367,7 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
     out.append(
         (
             "ZO-AdaMU: a higher accuracy than MeZO at the same number of steps, or the same accuracy sooner",
-            f"zo_adamu - zo {pts(adamu)} (same steps); per seed "
-            f"{', '.join(f'{s}: {signed_points(d)}' for s, d in _per_seed(table, 'zo_adamu', 'zo').items()) or 'n/a'}; "
+            f"zo_adamu - zo {pts(adamu)} (same steps); per seed {_per_seed_line(table, 'zo_adamu', 'zo')}; "
             f"mean test % over steps: {_curve_line(table, 'zo_adamu')}; {_curve_line(table, 'zo')}; learning-rate "
             f"grids (test %): {_grid_line(table, 'zo_adamu')}; {_grid_line(table, 'zo')}"
             f"{_so_far(table, ('zo_adamu', 'zo'))}",
@@ -419,14 +422,12 @@ def verdicts(table: dict[str, dict]) -> list[tuple[str, str, str]]:
         )
     )
     for formula in ("kernel_sgd", "kernel_signgd", "kernel_asymmetric_signgd"):
-        seeds = _per_seed(table, formula, "full")
-        shown = ", ".join(f"{s}: {signed_points(d)}" for s, d in seeds.items())
         gap = _gap(table, formula, "full")
         out.append(
             (
                 f"LM-Kernel-FT ({formula}): on a sentiment task the kernel's accuracy is close to prompt-based "
                 "full fine-tuning's",
-                f"{formula} - full {pts(gap)}; per seed {shown or 'n/a'}{_so_far(table, (formula, 'full'))}",
+                f"{formula} - full {pts(gap)}; per seed {_per_seed_line(table, formula, 'full')}{_so_far(table, (formula, 'full'))}",
                 _judged(
                     table, (formula, "full"), lambda gap=gap: "reproduced" if abs(gap) <= CLOSE else "not reproduced"
                 ),
@@ -661,8 +662,7 @@ def write_report(results: Path = PLOTS / "results.jsonl") -> Path:
         + (
             "Machines: "
             + "; ".join(
-                f"{name} ({count} runs)"
-                for name, count in collections.Counter(_processor(r) for r in records if r.get("machine")).items()
+                f"{name} ({count} runs)" for name, count in collections.Counter(_processor(m) for m in machines).items()
             )
             + f"; torch {machines[-1]['versions']['torch']}, transformers {machines[-1]['versions']['transformers']}."
             if machines
